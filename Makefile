@@ -1,0 +1,41 @@
+# DICOMweb zero-trust reference deployment. `make` alone lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STACK ?= auto
+RUN_DIR ?= .run
+
+help: ## List the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-z][a-zA-Z_-]*:.*## /{printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+bootstrap: ## Install what is missing (Debian packages, .venv, npm packages); idempotent
+	@scripts/bootstrap.sh
+
+up: bootstrap ## Start the whole demo (STACK=native|compose to force one)
+	@$(PY) -m ztstack up --stack $(STACK) --run-dir $(RUN_DIR)
+
+down: ## Stop the processes recorded by `up` (CLEAN=1 also removes the run directory)
+	@$(PY) -m ztstack down --run-dir $(RUN_DIR) $(if $(CLEAN),--clean,)
+
+status: ## Show what is running and where
+	@$(PY) -m ztstack status --run-dir $(RUN_DIR)
+
+logs: ## Show the tail of every service log
+	@$(PY) -m ztstack logs --run-dir $(RUN_DIR)
+
+test: bootstrap ## Install what is missing, then run unit and end-to-end tests and write reports/
+	@scripts/test.sh
+
+lint: bootstrap ## ruff and mypy (strict for the gateway)
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && \
+	 $(VENV)/bin/mypy --config-file pyproject.toml services/gateway/src services/stack/src idp/client/src
+
+bench: bootstrap ## Benchmark the gateway against the archive accessed directly
+	@$(PY) scripts/bench.py --run-dir $(RUN_DIR)
+
+lock: ## Re-resolve Python pins into requirements/constraints.txt
+	@$(VENV)/bin/pip install -q -r requirements/base.in && \
+	 $(VENV)/bin/pip freeze --exclude-editable > requirements/constraints.txt
+
+.PHONY: help bootstrap up down status logs test lint bench lock
