@@ -36,6 +36,6 @@ bench: bootstrap ## Benchmark the gateway against the archive accessed directly
 
 lock: ## Re-resolve Python pins into requirements/constraints.txt
 	@$(VENV)/bin/pip install -q -r requirements/base.in && \
-	 $(VENV)/bin/pip freeze --exclude-editable > requirements/constraints.txt
+	 $(VENV)/bin/pip freeze --all --exclude-editable | grep -v "^pip==" > requirements/constraints.txt
 
 .PHONY: help bootstrap up down status logs test lint bench lock
