@@ -1,0 +1,259 @@
+"""Typed gateway settings: parsed once at start-up, fail closed (STYLE rule 5).
+
+The file format is the contract in docs/internals.md ("Gateway settings file"). Unknown keys are
+errors, every problem is reported in one `SettingsError`, secrets come from files (never inline)
+and the production profile refuses placeholder or weak secrets.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+# Secrets that ship in tutorials and default configs; never acceptable in production.
+_PLACEHOLDERS = frozenset(
+    {
+        "",
+        "admin",
+        "changeme",
+        "change-me",
+        "changeit",
+        "demo",
+        "gateway",
+        "orthanc",
+        "password",
+        "placeholder",
+        "secret",
+        "test",
+        "todo",
+    }
+)
+_MIN_SECRET_LENGTH = 16
+
+
+class SettingsError(Exception):
+    """Every problem found in a settings file, one per line."""
+
+    def __init__(self, path: str | Path, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"{path}: {len(problems)} problem(s)\n  " + "\n  ".join(problems))
+
+
+class Profile(enum.StrEnum):
+    DEMO = "demo"
+    PRODUCTION = "production"
+
+
+class PreamblePolicy(enum.StrEnum):
+    REJECT = "reject"
+    ZERO = "zero"
+
+
+def _https_origin(value: str) -> str:
+    """An https origin without path, query or fragment (it is also the token audience)."""
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("must be an https URL")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValueError("must be an origin (no path, query, fragment or userinfo)")
+    return value.rstrip("/")
+
+
+def _https_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("must be an https URL")
+    if parts.query or parts.fragment or parts.username:
+        raise ValueError("must not carry a query, fragment or userinfo")
+    return value.rstrip("/")
+
+
+def _sql_url(value: str) -> str:
+    if not value.startswith(("sqlite://", "sqlite+aiosqlite://", "postgresql")):
+        raise ValueError("must be a sqlite:// or postgresql:// URL")
+    return value
+
+
+HttpsOrigin = Annotated[str, AfterValidator(_https_origin)]
+HttpsUrl = Annotated[str, AfterValidator(_https_url)]
+SqlUrl = Annotated[str, AfterValidator(_sql_url)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Algorithms = Annotated[list[str], Field(min_length=1)]
+
+# Asymmetric JWS algorithms only (RFC 8725 section 3.1): no HS*, no "none".
+_ALLOWED_ALGORITHMS = frozenset({"ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA"})
+
+
+def _check_algorithms(value: list[str]) -> list[str]:
+    bad = [a for a in value if a not in _ALLOWED_ALGORITHMS]
+    if bad:
+        raise ValueError(f"not allowed: {bad}; use asymmetric algorithms only")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8443
+
+
+class Tls(_Section):
+    cert: FilePath
+    key: FilePath
+
+
+class Oidc(_Section):
+    issuer: HttpsUrl
+    ca_cert: FilePath
+    algorithms: Annotated[Algorithms, AfterValidator(_check_algorithms)] = ["ES256", "PS256"]
+    leeway_seconds: Annotated[int, Field(ge=0, le=120)] = 30
+    max_token_lifetime_seconds: Annotated[int, Field(gt=0, le=3600)] = 300
+    jwks_min_refresh_seconds: Annotated[int, Field(ge=0)] = 30
+
+
+class Dpop(_Section):
+    algorithms: Annotated[Algorithms, AfterValidator(_check_algorithms)] = ["ES256", "PS256"]
+    iat_window_seconds: Annotated[int, Field(gt=0, le=600)] = 60
+
+
+class Archive(_Section):
+    kind: str = "orthanc"
+    url: HttpsUrl
+    username: str = Field(min_length=1)
+    password_file: FilePath
+    client_cert: FilePath | None = None
+    client_key: FilePath | None = None
+    ca_cert: FilePath
+    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value != "orthanc":
+            raise ValueError("only 'orthanc' has an adapter")
+        return value
+
+    @field_validator("password_file")
+    @classmethod
+    def _strong_secret(cls, value: Path, info: ValidationInfo) -> Path:
+        secret = value.read_text(encoding="utf-8").strip()
+        if not secret:
+            raise ValueError("secret file is empty")
+        profile = (info.context or {}).get("profile")
+        if profile == Profile.PRODUCTION and (
+            secret.lower() in _PLACEHOLDERS or len(secret) < _MIN_SECRET_LENGTH
+        ):
+            raise ValueError(
+                f"placeholder or weak secret (production needs >= {_MIN_SECRET_LENGTH} "
+                "random characters)"
+            )
+        return value
+
+    def password(self) -> str:
+        return self.password_file.read_text(encoding="utf-8").strip()
+
+
+class Policy(_Section):
+    file: Path
+    ingest_rules_file: Path | None = None
+    change_feed_interval_seconds: Annotated[float, Field(gt=0)] = 2
+
+
+class Syslog(_Section):
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 6514
+    ca_cert: FilePath
+    client_cert: FilePath | None = None
+    client_key: FilePath | None = None
+    spool_dir: Path
+
+
+class Audit(_Section):
+    database_url: SqlUrl
+    source_id: str = "zt-gateway"
+    syslog: Syslog | None = None
+
+
+class Limits(_Section):
+    qido_max_limit: Annotated[int, Field(gt=0, le=100000)] = 1000
+    stow_max_bytes: PositiveInt = 512 * 1024 * 1024
+    requests_per_minute: PositiveInt = 600
+    preamble_policy: PreamblePolicy = PreamblePolicy.REJECT
+
+
+class Viewer(_Section):
+    dist_dir: Path | None = None
+    config_template: Path | None = None
+
+
+class Settings(_Section):
+    profile: Profile = Profile.DEMO
+    public_url: HttpsOrigin
+    listen: Listen = Listen()
+    tls: Tls
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    run_dir: Path
+    oidc: Oidc
+    dpop: Dpop = Dpop()
+    archive: Archive
+    database_url: SqlUrl
+    policy: Policy
+    audit: Audit
+    limits: Limits = Limits()
+    viewer: Viewer = Viewer()
+
+    @property
+    def dicomweb_base(self) -> str:
+        return self.public_url + "/dicom-web"
+
+
+def _format(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key"
+    if kind == "missing":
+        return f"{where}: required"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}"
+
+
+def parse_settings(raw: object, source: str | Path = "<settings>") -> Settings:
+    """Validate an already-loaded mapping; every problem goes into one SettingsError."""
+    if not isinstance(raw, dict):
+        raise SettingsError(source, ["the file must hold a mapping of settings"])
+    profile = raw.get("profile", Profile.DEMO)
+    try:
+        return Settings.model_validate(raw, context={"profile": profile})
+    except ValidationError as exc:
+        problems = [_format(dict(e)) for e in exc.errors()]
+        raise SettingsError(source, problems) from None
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate a settings YAML file (docs/internals.md)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(path, [f"cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(path, [f"not valid YAML: {exc}"]) from None
+    return parse_settings(raw, path)
