@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p reports
+# A full run enforces the covered-controls list (tests/plugins/controls.py).
+export ZT_ENFORCE_CONTROLS=${ZT_ENFORCE_CONTROLS:-1}
 exec .venv/bin/python -m pytest "$@"
