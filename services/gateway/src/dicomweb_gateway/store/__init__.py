@@ -1,0 +1,20 @@
+"""Policy store: study facts and labels, ingest rules, break-glass grants, the change feed."""
+
+from __future__ import annotations
+
+from .db import LabelUpdate, PolicyStore, UnknownStudy
+from .feed import ArchiveSource, ChangeFeedPoller, OrthancSource, ingest
+from .ingest import IngestRules, load_ingest_rules, parse_ingest_rules
+
+__all__ = [
+    "ArchiveSource",
+    "ChangeFeedPoller",
+    "IngestRules",
+    "LabelUpdate",
+    "OrthancSource",
+    "PolicyStore",
+    "UnknownStudy",
+    "ingest",
+    "load_ingest_rules",
+    "parse_ingest_rules",
+]

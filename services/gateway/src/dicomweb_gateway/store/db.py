@@ -1,0 +1,262 @@
+"""The policy store: study facts, label changes, break-glass grants, the change-feed cursor.
+
+SQLite by default (`sqlite:///path`), PostgreSQL by URL (`postgresql://...`, needs the asyncpg
+and psycopg drivers installed). The schema is created and upgraded by the Alembic migrations in
+`migrations/`, run once at start-up (`migrate()`), never by `create_all`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, delete, event, select, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from ..policy import StudyFacts
+from .models import BreakGlassGrant, FeedCursor, LabelChange, Study, StudyLabel
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_SQLITE_TIMEOUT_SECONDS = 15  # several gateway workers share one SQLite file
+
+
+def _driver_urls(database_url: str) -> tuple[URL, URL]:
+    """(sync URL for migrations, async URL for requests) for one configured URL."""
+    url = make_url(database_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return url.set(drivername="sqlite"), url.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return url.set(drivername="postgresql+psycopg"), url.set(drivername="postgresql+asyncpg")
+    raise ValueError(f"database_url: unsupported database {backend!r} (sqlite or postgresql)")
+
+
+@dataclass(frozen=True)
+class LabelUpdate:
+    study_instance_uid: str
+    before: frozenset[str]
+    after: frozenset[str]
+
+    @property
+    def added(self) -> frozenset[str]:
+        return self.after - self.before
+
+    @property
+    def removed(self) -> frozenset[str]:
+        return self.before - self.after
+
+
+class UnknownStudy(LookupError):
+    pass
+
+
+class PolicyStore:
+    def __init__(self, database_url: str) -> None:
+        self._sync_url, async_url = _driver_urls(database_url)
+        connect_args: dict[str, Any] = {}
+        if async_url.get_backend_name() == "sqlite":
+            connect_args["timeout"] = _SQLITE_TIMEOUT_SECONDS
+        self.engine: AsyncEngine = create_async_engine(async_url, connect_args=connect_args)
+        if async_url.get_backend_name() == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._session = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    # -- schema ------------------------------------------------------------------------------
+
+    def migrate(self, attempts: int = 5) -> None:
+        """Upgrade the schema to the newest migration (safe when several workers start)."""
+        connect_args: dict[str, Any] = {}
+        if self._sync_url.get_backend_name() == "sqlite":
+            connect_args["timeout"] = _SQLITE_TIMEOUT_SECONDS
+            if self._sync_url.database:
+                Path(self._sync_url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(self._sync_url, connect_args=connect_args)
+        try:
+            for attempt in range(attempts):
+                try:
+                    with engine.begin() as connection:
+                        config = Config()
+                        config.set_main_option("script_location", str(_MIGRATIONS))
+                        config.attributes["connection"] = connection
+                        command.upgrade(config, "head")
+                    return
+                except (OperationalError, IntegrityError):
+                    # Another worker is migrating the same database; retry after it finished.
+                    if attempt == attempts - 1:
+                        raise
+                    time.sleep(0.5 * (attempt + 1))
+        finally:
+            engine.dispose()
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def studies(self, uids: Iterable[str]) -> dict[str, StudyFacts]:
+        """Facts for each UID; a UID the store does not know gets `known=False`."""
+        wanted = sorted(set(uids))
+        found: dict[str, StudyFacts] = {}
+        async with self._session() as session:
+            for chunk in _chunks(wanted, 500):
+                rows = await session.scalars(
+                    select(Study).where(Study.study_instance_uid.in_(chunk))
+                )
+                for row in rows:
+                    found[row.study_instance_uid] = StudyFacts(
+                        row.study_instance_uid,
+                        row.patient_id,
+                        frozenset(lbl.label for lbl in row.labels),
+                    )
+        return {uid: found.get(uid, StudyFacts(uid, known=False)) for uid in wanted}
+
+    async def study(self, uid: str) -> StudyFacts:
+        return (await self.studies([uid]))[uid]
+
+    async def active_grants(self, subject: str, issuer: str, now: datetime) -> frozenset[str]:
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(BreakGlassGrant.study_instance_uid).where(
+                    BreakGlassGrant.subject == subject,
+                    BreakGlassGrant.issuer == issuer,
+                    BreakGlassGrant.expires_at > now,
+                )
+            )
+            return frozenset(rows)
+
+    async def label_history(self, uid: str) -> list[LabelChange]:
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(LabelChange)
+                .where(LabelChange.study_instance_uid == uid)
+                .order_by(LabelChange.id)
+            )
+            return list(rows)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def record_ingest(
+        self, uid: str, patient_id: str | None, labels: Iterable[str], via: str
+    ) -> LabelUpdate:
+        """Create the study if new and add the ingest labels (ingest never removes a label)."""
+        labels = frozenset(labels)
+        now = datetime.now(UTC)
+        for attempt in range(3):
+            try:
+                async with self._session.begin() as session:
+                    study = await session.get(Study, uid)
+                    if study is None:
+                        study = Study(
+                            study_instance_uid=uid,
+                            patient_id=patient_id,
+                            source=via,
+                            created_at=now,
+                            labels=[],
+                        )
+                        session.add(study)
+                    elif study.patient_id is None and patient_id:
+                        study.patient_id = patient_id
+                    before = frozenset(lbl.label for lbl in study.labels)
+                    for label in sorted(labels - before):
+                        study.labels.append(StudyLabel(label=label))
+                    update = LabelUpdate(uid, before, before | labels)
+                    if update.added:
+                        session.add(_history(update, via, via, "ingest rules", now))
+                return update
+            except IntegrityError:
+                # Two workers ingested the same study at once: the other one won; merge again.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def change_labels(
+        self, uid: str, add: Iterable[str], remove: Iterable[str], changed_by: str, reason: str
+    ) -> LabelUpdate:
+        now = datetime.now(UTC)
+        async with self._session.begin() as session:
+            study = await session.get(Study, uid)
+            if study is None:
+                raise UnknownStudy(uid)
+            before = frozenset(lbl.label for lbl in study.labels)
+            after = (before | frozenset(add)) - frozenset(remove)
+            study.labels = [lbl for lbl in study.labels if lbl.label in after]
+            for label in sorted(after - before):
+                study.labels.append(StudyLabel(label=label))
+            update = LabelUpdate(uid, before, after)
+            session.add(_history(update, changed_by, "admin", reason, now))
+            return update
+
+    async def grant_break_glass(
+        self, subject: str, issuer: str, uid: str, reason: str, duration_seconds: int
+    ) -> BreakGlassGrant:
+        now = datetime.now(UTC)
+        grant = BreakGlassGrant(
+            subject=subject,
+            issuer=issuer,
+            study_instance_uid=uid,
+            reason=reason,
+            granted_at=now,
+            expires_at=now + timedelta(seconds=duration_seconds),
+        )
+        async with self._session.begin() as session:
+            # Expired grants are kept out of decisions by their expiry; prune them here.
+            await session.execute(
+                delete(BreakGlassGrant).where(BreakGlassGrant.expires_at < now - timedelta(days=30))
+            )
+            session.add(grant)
+        return grant
+
+    async def cursor(self, name: str) -> int:
+        async with self._session() as session:
+            row = await session.get(FeedCursor, name)
+            return row.last_seq if row else 0
+
+    async def set_cursor(self, name: str, last_seq: int) -> None:
+        async with self._session.begin() as session:
+            row = await session.get(FeedCursor, name)
+            if row is None:
+                session.add(FeedCursor(name=name, last_seq=last_seq))
+            elif last_seq > row.last_seq:
+                row.last_seq = last_seq
+
+
+def _history(
+    update: LabelUpdate, changed_by: str, via: str, reason: str, now: datetime
+) -> LabelChange:
+    return LabelChange(
+        study_instance_uid=update.study_instance_uid,
+        changed_at=now,
+        changed_by=changed_by,
+        via=via,
+        added=" ".join(sorted(update.added)),
+        removed=" ".join(sorted(update.removed)),
+        reason=reason,
+    )
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()

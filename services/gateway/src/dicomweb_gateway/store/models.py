@@ -1,0 +1,97 @@
+"""Policy store tables (SQLAlchemy 2). Changed only through Alembic migrations (`migrations/`)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Dialect, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+UID_LENGTH = 64  # PS3.5 9.1: a UID is at most 64 characters
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Always UTC and timezone-aware in Python; naive UTC on SQLite (which has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Study(Base):
+    """A study the gateway knows: who it belongs to and its sensitivity labels."""
+
+    __tablename__ = "study"
+
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), primary_key=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(32))  # stow | change-feed | admin
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    labels: Mapped[list[StudyLabel]] = relationship(
+        back_populates="study", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class StudyLabel(Base):
+    __tablename__ = "study_label"
+
+    study_instance_uid: Mapped[str] = mapped_column(
+        ForeignKey("study.study_instance_uid", ondelete="CASCADE"), primary_key=True
+    )
+    label: Mapped[str] = mapped_column(String(128), primary_key=True)
+    study: Mapped[Study] = relationship(back_populates="labels")
+
+
+class LabelChange(Base):
+    """History of every label change: who, when, why, what was added and removed."""
+
+    __tablename__ = "label_change"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), index=True)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    changed_by: Mapped[str] = mapped_column(String(256))  # subject, or ingest/change-feed
+    via: Mapped[str] = mapped_column(String(32))  # admin | stow | change-feed
+    added: Mapped[str] = mapped_column(Text, default="")  # space-separated labels
+    removed: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class BreakGlassGrant(Base):
+    """A time-limited emergency grant for one caller and one study."""
+
+    __tablename__ = "break_glass_grant"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(256), index=True)
+    issuer: Mapped[str] = mapped_column(String(512))
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH))
+    reason: Mapped[str] = mapped_column(Text)
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class FeedCursor(Base):
+    """Where the change-feed poller stopped reading the archive's `/changes`."""
+
+    __tablename__ = "feed_cursor"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(Integer)
