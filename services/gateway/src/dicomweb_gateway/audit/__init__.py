@@ -1,23 +1,135 @@
-"""Audit trail (DICOM PS3.15 A.5), owned by the audit work.
+"""Audit trail (DICOM PS3.15 A.5): every request, allowed or denied, leaves a message.
 
 The gateway calls `preflight()` before forwarding anything (the store must be writable, else
 503: fail closed, AO-2) and `record(ctx)` once at the end of every request, allowed or denied.
-Audit is a notification: `record` never changes the outcome already decided.
+Audit is a notification: `record` never changes the outcome already decided, but a message that
+cannot be stored is an error (503), because an unaudited answer is not allowed.
+
+Parts: `messages` (what a request yields, as A.5 XML), `store` (hash-chained table), `syslog`
+(optional RFC 5424/5425 shipping with a spool), `api` (`GET /audit` for auditors), `schema`
+(the A.5.1 structure, used by tests and `verify`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
 from ..context import RequestContext
+from ..errors import service_unavailable
+from .messages import AuditMessage, Participants, host_of, messages_for
+from .store import AuditStore, AuditStoreError, Filters, now_utc
+from .syslog import Spool, SyslogShipper
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["Auditor", "router"]
+
+log = logging.getLogger(__name__)
+
+PREFLIGHT_CACHE_SECONDS = 1.0  # a proven-writable store is trusted this long (cheap per request)
 
 
 class Auditor:
-    """Placeholder that records nothing; replaced by the hash-chained store."""
+    """One instance per worker process, on `app.state.auditor`."""
+
+    def __init__(
+        self,
+        store: AuditStore | None = None,
+        participants: Participants | None = None,
+        shipper: SyslogShipper | None = None,
+        public_url: str = "",
+    ) -> None:
+        # Without a store (the app factory's placeholder), messages are kept in memory only.
+        self.store = store
+        self.participants = participants or Participants(
+            "zt-gateway", "localhost", "archive", "localhost"
+        )
+        self.shipper = shipper
+        self.public_url = public_url
+        self.memory: list[AuditMessage] = []
+        self._writable_until = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Auditor:
+        """Build from `audit.*` settings; never touches the store (a down store gives 503s)."""
+        audit = settings.audit
+        participants = Participants(
+            source_id=audit.source_id,
+            gateway_host=host_of(settings.public_url),
+            archive_id=settings.archive.url,
+            archive_host=host_of(settings.archive.url),
+        )
+        shipper = None
+        if audit.syslog is not None:
+            spool = Spool(audit.syslog.spool_dir)
+            tls = SyslogShipper.tls_context(
+                audit.syslog.ca_cert, audit.syslog.client_cert, audit.syslog.client_key
+            )
+            shipper = SyslogShipper(
+                spool, audit.syslog.host, audit.syslog.port, tls, app=audit.source_id
+            )
+        return cls(AuditStore(audit.database_url), participants, shipper, settings.public_url)
 
     async def preflight(self) -> None:
-        return None
+        """Raise 503 unless the store accepted a write lock within the last second (AO-2)."""
+        if self.store is None or time.monotonic() < self._writable_until:
+            return
+        try:
+            await asyncio.to_thread(self.store.check_writable)
+        except AuditStoreError as exc:
+            raise service_unavailable(str(exc)) from None
+        self._writable_until = time.monotonic() + PREFLIGHT_CACHE_SECONDS
 
     async def record(self, ctx: RequestContext) -> None:
-        return None
+        """Store the request's messages before the answer leaves; 503 if that is impossible."""
+        messages = messages_for(ctx, self.participants, now_utc())
+        if not messages:
+            return
+        if self.store is None:
+            self.memory.extend(messages)
+            return
+        try:
+            await asyncio.to_thread(self.store.append, messages, ctx.request_id)
+        except AuditStoreError as exc:
+            self._writable_until = 0.0
+            log.error("audit record lost for request %s: %s", ctx.request_id, exc)
+            raise service_unavailable(str(exc)) from None
+        if self.shipper is not None:
+            await self._ship(messages)
+
+    async def _ship(self, messages: list[AuditMessage]) -> None:
+        assert self.shipper is not None
+        shipper = self.shipper
+        try:
+            await asyncio.to_thread(_spool_all, shipper, messages)
+        except OSError as exc:
+            # The hash-chained store holds the record; the spool is a delivery aid.
+            log.error("audit spool write failed: %s", exc)
+            return
+        shipper.wake()
+
+    async def search(self, filters: Filters) -> list[dict[str, object]]:
+        if self.store is None:
+            return []
+        try:
+            return await asyncio.to_thread(self.store.search, filters)
+        except AuditStoreError as exc:
+            raise service_unavailable(str(exc)) from None
 
     async def close(self) -> None:
-        return None
+        if self.shipper is not None:
+            await self.shipper.close()
+        if self.store is not None:
+            self.store.dispose()
+
+
+def _spool_all(shipper: SyslogShipper, messages: list[AuditMessage]) -> None:
+    for message in messages:
+        shipper.enqueue(message.xml, message.time)
+
+
+from .api import router  # noqa: E402 - the router needs Auditor defined first
