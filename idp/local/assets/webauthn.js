@@ -1,0 +1,47 @@
+// WebAuthn assertion for the login page (no framework; CSP script-src 'self').
+(function () {
+  'use strict';
+  function b64urlToBuf(s) {
+    var b = atob(s.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((s.length + 3) % 4));
+    var out = new Uint8Array(b.length);
+    for (var i = 0; i < b.length; i++) out[i] = b.charCodeAt(i);
+    return out.buffer;
+  }
+  function bufToB64url(buf) {
+    var bytes = new Uint8Array(buf), s = '';
+    for (var i = 0; i < bytes.length; i++) s += String.fromCharCode(bytes[i]);
+    return btoa(s).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  }
+  function start() {
+    var o = JSON.parse(document.getElementById('webauthn-options').textContent);
+    var publicKey = {
+      challenge: b64urlToBuf(o.challenge),
+      rpId: o.rpId,
+      timeout: o.timeout,
+      userVerification: o.userVerification,
+      allowCredentials: (o.allowCredentials || []).map(function (c) {
+        return { type: 'public-key', id: b64urlToBuf(c.id), transports: c.transports };
+      })
+    };
+    navigator.credentials.get({ publicKey: publicKey }).then(function (cred) {
+      var r = cred.response;
+      document.getElementById('credential').value = JSON.stringify({
+        id: cred.id,
+        rawId: bufToB64url(cred.rawId),
+        type: cred.type,
+        clientExtensionResults: cred.getClientExtensionResults(),
+        response: {
+          clientDataJSON: bufToB64url(r.clientDataJSON),
+          authenticatorData: bufToB64url(r.authenticatorData),
+          signature: bufToB64url(r.signature),
+          userHandle: r.userHandle ? bufToB64url(r.userHandle) : undefined
+        }
+      });
+      document.getElementById('webauthn-form').submit();
+    }).catch(function () {
+      document.getElementById('webauthn-form').submit(); // empty credential: generic failure
+    });
+  }
+  document.getElementById('webauthn-start').addEventListener('click', start);
+  start();
+}());

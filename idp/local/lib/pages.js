@@ -1,0 +1,58 @@
+// The provider's own HTML: no external fonts or scripts, one stylesheet and one script served
+// from /assets, a strict CSP. Every failure shows the same generic message.
+export const GENERIC_ERROR = 'Sign-in failed. Check your user name, password or code and try again.';
+
+export const CSP = [
+  "default-src 'none'", "style-src 'self'", "script-src 'self'", "connect-src 'self'",
+  "img-src 'self'", "frame-ancestors 'none'", "base-uri 'none'",
+].join('; ');
+
+export function esc(value) {
+  return String(value ?? '').replace(/[&<>"']/g, (c) => ({
+    '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;',
+  }[c]));
+}
+
+export function layout(assets, title, body) {
+  return `<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>${esc(title)}</title><link rel="stylesheet" href="${assets}/style.css"></head>
+<body><main><h1>${esc(title)}</h1>${body}</main></body></html>`;
+}
+
+function errorLine(error) {
+  return error ? `<p class="error" role="alert">${esc(GENERIC_ERROR)}</p>` : '';
+}
+
+export function loginPage({ assets, action, client, username = '', error = false }) {
+  return layout(assets, 'Sign in', `
+<p>to ${esc(client)}</p>${errorLine(error)}
+<form method="post" action="${esc(action)}" autocomplete="off">
+<label>User name <input name="username" value="${esc(username)}" required autofocus></label>
+<label>Password <input name="password" type="password" required></label>
+<button type="submit">Sign in</button></form>`);
+}
+
+export function otpPage({ assets, action, error = false }) {
+  return layout(assets, 'One-time code', `
+<p>Enter the 6-digit code from your authenticator app.</p>${errorLine(error)}
+<form method="post" action="${esc(action)}" autocomplete="off">
+<label>Code <input name="otp" inputmode="numeric" pattern="[0-9]{6}" required autofocus></label>
+<button type="submit">Verify</button></form>`);
+}
+
+export function webauthnPage({ assets, action, options, error = false }) {
+  // Options travel as inert JSON; the self-served script runs the ceremony and posts back.
+  return layout(assets, 'Security key', `
+<p>Use your security key or passkey to finish signing in.</p>${errorLine(error)}
+<script type="application/json" id="webauthn-options">${esc(JSON.stringify(options))}</script>
+<form method="post" action="${esc(action)}" id="webauthn-form">
+<input type="hidden" name="credential" id="credential">
+<button type="button" id="webauthn-start">Use security key</button></form>
+<script src="${assets}/webauthn.js"></script>`);
+}
+
+export function messagePage({ assets, title, text }) {
+  return layout(assets, title, `<p>${esc(text)}</p>`);
+}
