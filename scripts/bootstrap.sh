@@ -10,7 +10,9 @@ ROOT=$(pwd)
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
-APT_PACKAGES=(orthanc orthanc-dicomweb dcmtk chromium iproute2 nodejs npm ca-certificates)
+# gcc + libc6-dev: the launcher compiles a 5-line shim once so Orthanc's HTTPS (civetweb 1.15)
+# works with OpenSSL 3 (see services/stack/src/ztstack/templates/civetweb_openssl3.c).
+APT_PACKAGES=(orthanc orthanc-dicomweb dcmtk chromium iproute2 nodejs npm ca-certificates gcc libc6-dev)
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 

@@ -1,0 +1,102 @@
+"""The gateway and its plain-HTTP redirector: settings file and start commands.
+
+The settings file follows `services/gateway/settings.example.yaml` (the gateway's own
+template wins; docs/internals.md has the same shape) with `<run>` and `<repo>` replaced and the
+ports of this run filled in. Tests start extra gateways with overrides (`extra_gateway`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import StackError
+from .rundir import REPO_ROOT, RunDir
+
+EXAMPLE = REPO_ROOT / "services" / "gateway" / "settings.example.yaml"
+POLICY_SOURCES = {
+    "policy.yaml": REPO_ROOT / "config" / "policy.yaml",
+    "ingest-rules.yaml": REPO_ROOT / "config" / "ingest-rules.yaml",
+}
+PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+
+
+def check_installed() -> Path:
+    if importlib.util.find_spec("dicomweb_gateway") is None:
+        raise StackError("the gateway package is not installed", "run `make bootstrap`")
+    if importlib.util.find_spec("dicomweb_gateway.__main__") is None:
+        raise StackError(
+            "the gateway has no entry point yet (dicomweb_gateway/__main__.py is missing)",
+            "the gateway part has not landed yet; `--only orthanc,idp` starts the rest",
+        )
+    return PYTHON if PYTHON.exists() else Path(shutil.which("python3") or "python3")
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def base_settings(run: RunDir) -> dict[str, Any]:
+    if not EXAMPLE.exists():
+        raise StackError(f"{EXAMPLE} is missing", "the gateway part has not landed yet")
+    text = EXAMPLE.read_text(encoding="utf-8")
+    text = text.replace("<run>", str(run.root)).replace("<repo>", str(REPO_ROOT))
+    data: dict[str, Any] = yaml.safe_load(text)
+    return data
+
+
+def copy_policy(run: RunDir) -> None:
+    """Seed the run's policy files from config/, refreshing them when the repo copy is newer."""
+    for name, src in POLICY_SOURCES.items():
+        dst = run.gateway / name
+        if src.exists() and (not dst.exists() or src.stat().st_mtime > dst.stat().st_mtime):
+            shutil.copyfile(src, dst)
+
+
+def render(
+    run: RunDir,
+    *,
+    port: int,
+    issuer: str,
+    archive_url: str,
+    name: str = "settings.yaml",
+    overrides: dict[str, Any] | None = None,
+) -> Path:
+    url = f"https://localhost:{port}"
+    settings = deep_merge(
+        base_settings(run),
+        {
+            "public_url": url,
+            "listen": {"host": "127.0.0.1", "port": port},
+            "oidc": {"issuer": issuer},
+            "archive": {"url": archive_url},
+        },
+    )
+    viewer = settings.get("viewer") or {}
+    if viewer.get("dist_dir") and not Path(viewer["dist_dir"]).is_dir():
+        viewer["dist_dir"] = None  # OHIF not installed (yet): the gateway serves no viewer
+    if overrides:
+        settings = deep_merge(settings, overrides)
+    copy_policy(run)
+    path = run.gateway / name
+    path.write_text(yaml.safe_dump(settings, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def serve_command(python: Path, settings: Path) -> list[str]:
+    return [str(python), "-m", "dicomweb_gateway", "serve", "--config", str(settings)]
+
+
+def redirect_command(python: Path, port: int, target: str) -> list[str]:
+    return [str(python), "-m", "dicomweb_gateway", "redirect", "--port", str(port),
+            "--target", target]  # fmt: skip

@@ -1,0 +1,257 @@
+"""`up`, `down`, `status`, `logs`: the native stack, start to stop (docs/stack.md).
+
+Start order is Orthanc -> IdP -> gateway -> HTTP redirector; each must be healthy before the
+next starts, and any failure tears down exactly what this `up` started.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from . import gateway, idp, orthanc, procs, seed, stackfile
+from .errors import StackError
+from .health import get_ok
+from .pki import Pair, ensure_pki
+from .ports import Ports, check_free, choose
+from .rundir import RunDir
+from .secretfiles import ensure_secret
+
+SERVICES = ["orthanc", "idp", "gateway", "gateway-http"]
+
+
+def say(msg: str) -> None:
+    print(f"[ztstack] {msg}", flush=True)
+
+
+def docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        done = subprocess.run(["docker", "info"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def choose_mode(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if docker_answers():
+        say("stack: compose (a Docker engine answered `docker info`)")
+        return "compose"
+    say("stack: native (no Docker engine answered `docker info`)")
+    return "native"
+
+
+def running(run: RunDir, names: Iterable[str]) -> dict[str, int]:
+    out = {}
+    for name in names:
+        pid = procs.read_pid(run, name)
+        if pid is not None and procs.alive(pid):
+            out[name] = pid
+    return out
+
+
+def archive_password(run: RunDir) -> str:
+    return ensure_secret(run.secrets / "archive-password")
+
+
+def build_services(
+    run: RunDir, ports: Ports, pki: dict[str, Pair], only: set[str]
+) -> list[procs.Service]:
+    """Preflight every part first (one clear message), then render its configuration."""
+    ca = pki["ca"].cert
+    gateway_url = f"https://localhost:{ports.gateway}"
+    issuer = idp.issuer(ports.idp)
+    archive_url = f"https://localhost:{ports.orthanc_http}"
+    password = archive_password(run)
+    services: list[procs.Service] = []
+    if "orthanc" in only:
+        exe = orthanc.check_installed()
+        shim = orthanc.build_tls_shim(run)
+        config = orthanc.render(run, pki, password, ports.orthanc_http, ports.orthanc_dicom)
+        client = (pki["gateway-client"].cert, pki["gateway-client"].key)
+        services.append(
+            procs.Service(
+                "orthanc",
+                orthanc.command(exe, config),
+                lambda: get_ok(f"{archive_url}/system", ca, client, (orthanc.USERNAME, password)),
+                env=orthanc.environment(shim),
+                cwd=run.orthanc,
+            )
+        )
+    if "idp" in only:
+        node = idp.check_installed()
+        config = idp.render(run, pki, ports.idp, gateway_url)
+        services.append(
+            procs.Service(
+                "idp",
+                idp.command(node, config),
+                lambda: get_ok(f"{issuer}/.well-known/openid-configuration", ca),
+                cwd=idp.SERVER_JS.parent,
+            )
+        )
+    if "gateway" in only:
+        python = gateway.check_installed()
+        settings = gateway.render(run, port=ports.gateway, issuer=issuer, archive_url=archive_url)
+        services.append(
+            procs.Service(
+                "gateway",
+                gateway.serve_command(python, settings),
+                lambda: get_ok(f"{gateway_url}/healthz", ca),
+            )
+        )
+        services.append(
+            procs.Service(
+                "gateway-http",
+                gateway.redirect_command(python, ports.gateway_http, gateway_url),
+                lambda: _redirects(f"http://localhost:{ports.gateway_http}/"),
+            )
+        )
+    return services
+
+
+def _redirects(url: str) -> bool:
+    try:
+        r = httpx.get(url, timeout=2.0, follow_redirects=False)
+    except (httpx.HTTPError, OSError):
+        return False
+    return r.is_redirect
+
+
+def up(run: RunDir, stack: str, ports_mode: str, only: set[str] | None = None) -> int:
+    mode = choose_mode(stack)
+    if mode == "compose":
+        say("compose: not available yet (use --stack native)")
+        return 2
+    started_at = time.monotonic()
+    wanted = [s for s in SERVICES if only is None or s in only or
+              (s == "gateway-http" and "gateway" in only)]  # fmt: skip
+    run.create()
+    already = running(run, SERVICES)
+    if already and all(s in already for s in wanted):
+        say(f"the stack in {run.root} is already running ({', '.join(already)})")
+        data = stackfile.read(run)
+        if data:
+            print_summary(data)
+        return 0
+    if already:
+        say(f"stopping the part of an earlier stack still running: {', '.join(already)}")
+        procs.stop_all(run, SERVICES)
+    ports = choose(ports_mode, run.ports_json)
+    check_free(ports)
+    pki = ensure_pki(run.pki)
+    services = build_services(run, ports, pki, set(wanted))
+    started: list[str] = []
+    pids: dict[str, int] = {}
+    try:
+        for svc in services:
+            t0 = time.monotonic()
+            pid = procs.start(run, svc)
+            started.append(svc.name)
+            procs.wait_healthy(run, svc, pid)
+            pids[svc.name] = pid
+            say(f"{svc.name}: healthy (pid {pid}, {time.monotonic() - t0:.1f} s)")
+            if svc.name == "orthanc":
+                n = seed.seed(
+                    f"https://localhost:{ports.orthanc_http}",
+                    pki["ca"].cert,
+                    (pki["gateway-client"].cert, pki["gateway-client"].key),
+                    orthanc.USERNAME,
+                    archive_password(run),
+                )
+                say(f"demo data: {n} instances uploaded" if n else "demo data: already present")
+    except (StackError, httpx.HTTPError, KeyboardInterrupt) as e:
+        say("start failed; stopping what this run started")
+        procs.stop_all(run, started)
+        if isinstance(e, httpx.HTTPError):
+            raise StackError(f"seeding the archive failed: {e}", "read logs/orthanc.log") from e
+        raise
+    data = stackfile.build(run, ports, pki, idp.issuer(ports.idp), idp.demo_credentials(run), pids)
+    stackfile.write(run, data)
+    say(f"ready in {time.monotonic() - started_at:.1f} s; wrote {run.stack_json}")
+    print_summary(data)
+    return 0
+
+
+def print_summary(data: dict[str, Any]) -> None:
+    users = data.get("users", {})
+    lines = [
+        "",
+        f"  Viewer (OHIF)   {data['viewer_url']}",
+        f"  DICOMweb        {data['dicomweb_url']}",
+        f"  Plain HTTP      {data['gateway_http_url']}  (redirects to HTTPS, carries no data)",
+        f"  Identity (OIDC) {data['idp_issuer']}",
+        f"  CA certificate  {data['ca_cert']}  (trust it in your browser or client)",
+        f"  Archive         {data['archive']['http_url']} (gateway only: client cert + password)",
+        "",
+        "  Demo users (passwords and TOTP secrets are in stack.json):",
+    ]
+    for name, user in sorted(users.items()):
+        roles = ",".join(user.get("roles", []))
+        lines.append(f"    {name:<16} {roles}")
+    if not users:
+        lines.append("    (none yet: the IdP was not started)")
+    lines += [
+        "",
+        "  Walk-through:",
+        f"    1. curl --cacert {data['ca_cert']} {data['dicomweb_url']}/studies   -> 401",
+        f"    2. open {data['viewer_url']}, sign in as north-clinician (password + TOTP):",
+        "       North General studies only; the VIP study of Vip^Dan is refused.",
+        "    3. sign in as south-clinician: only South Valley Clinic studies.",
+        "    4. `make status`, `make logs`; `make down` stops everything (CLEAN=1 wipes data).",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def down(run: RunDir, clean: bool) -> int:
+    if not run.root.exists():
+        say(f"nothing to stop: {run.root} does not exist")
+        return 0
+    names = SERVICES + [p.stem for p in sorted(run.pids.glob("*.pid")) if p.stem not in SERVICES]
+    for name, result in procs.stop_all(run, names).items():
+        if result != "not recorded":
+            say(f"{name}: {result}")
+    if clean:
+        if not (run.pids.is_dir() and (run.pki.is_dir() or run.stack_json.exists())):
+            raise StackError(f"{run.root} does not look like a run directory; not removing it")
+        shutil.rmtree(run.root)
+        say(f"removed {run.root}")
+    else:
+        say(f"data kept in {run.root} (`--clean` removes it)")
+    return 0
+
+
+def status(run: RunDir) -> int:
+    data = stackfile.read(run)
+    alive = running(run, SERVICES)
+    for name in SERVICES:
+        pid = procs.read_pid(run, name)
+        state = f"running (pid {pid})" if name in alive else "stopped"
+        print(f"  {name:<13} {state}")
+    if data:
+        print(f"  gateway       {data['gateway_url']}")
+        print(f"  idp           {data['idp_issuer']}")
+        print(f"  archive       {data['archive']['http_url']}")
+    return 0 if alive else 3
+
+
+def logs(run: RunDir, lines: int = 20) -> int:
+    files = sorted(run.logs.glob("*.log")) if run.logs.is_dir() else []
+    if not files:
+        say(f"no logs in {run.logs}")
+        return 0
+    for path in files:
+        print(f"==> {path} <==")
+        print(procs.tail(Path(path), lines))
+    sys.stdout.flush()
+    return 0
