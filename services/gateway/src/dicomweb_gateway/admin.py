@@ -1,0 +1,220 @@
+"""Administrative API under `/admin`: study labels and break-glass grants.
+
+Both go through the same policy as DICOMweb (`Action.ADMIN`, `Action.BREAK_GLASS`): the demo
+policy wants the `admin` / `break-glass` role and a fresh MFA login (RFC 9470 challenges). Input
+is checked before anything changes: a malformed UID, an unknown label or a short reason is 400
+and the store is untouched. The audit reads `ctx.alerts` / `ctx.extra["security_event"]`:
+110127 Emergency Override Started for break-glass, 110135 Object Security Attributes Changed
+for a label change (DICOM PS3.15 A.5.3.11, CID 403).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .authorize import Authorizer
+from .context import Action, RequestContext, StudyRef
+from .errors import bad_request, missing_credentials, not_found
+from .store import UnknownStudy
+
+# PS3.5 9.1: digits and dots, no leading zero in a component, at most 64 characters.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+M = TypeVar("M", bound=BaseModel)
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+def valid_uid(value: str) -> bool:
+    return len(value) <= 64 and _UID.fullmatch(value) is not None
+
+
+async def current_context(request: Request) -> RequestContext:
+    """The request's context with an authenticated principal.
+
+    The gateway's pipeline normally leaves it on `request.state.ctx`; otherwise this
+    authenticates with `app.state.authenticator` itself (the app may also override this
+    dependency with its own)."""
+    ctx = getattr(request.state, "ctx", None)
+    if not isinstance(ctx, RequestContext):
+        ctx = RequestContext(
+            request_id=str(uuid.uuid4()),
+            method=request.method,
+            path=request.url.path,
+            client_ip=request.client.host if request.client else "",
+            query=request.url.query,
+        )
+        request.state.ctx = ctx
+    if ctx.principal is None:
+        authenticator = getattr(request.app.state, "authenticator", None)
+        if authenticator is None:
+            raise missing_credentials()
+        url = str(request.url.replace(query=""))
+        ctx.principal = await authenticator.authenticate(
+            request.headers, request.method, url, request.url.query
+        )
+    return ctx
+
+
+Context = Annotated[RequestContext, Depends(current_context)]
+
+
+def _authorizer(request: Request) -> Authorizer:
+    authorizer = request.app.state.authorizer
+    assert isinstance(authorizer, Authorizer)
+    return authorizer
+
+
+class LabelChangeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    add: list[str] = Field(default_factory=list, max_length=64)
+    remove: list[str] = Field(default_factory=list, max_length=64)
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class BreakGlassRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    study_instance_uid: str = Field(max_length=64)
+    reason: str = Field(max_length=1000)
+
+
+async def _body(request: Request, model: type[M]) -> M:
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        fields = ", ".join(".".join(map(str, e["loc"])) or "body" for e in exc.errors())
+        raise bad_request("invalid_request", f"invalid request body: {fields}") from None
+
+
+def _check_uid(uid: str) -> None:
+    if not valid_uid(uid):
+        raise bad_request("invalid_uid", "malformed StudyInstanceUID")
+
+
+@router.get("/studies/{study_instance_uid}")
+async def read_study(study_instance_uid: str, request: Request, ctx: Context) -> dict[str, Any]:
+    ctx.action, ctx.transaction = Action.ADMIN, "admin_read_study"
+    _check_uid(study_instance_uid)
+    authorizer = _authorizer(request)
+    await authorizer.check_study(ctx, Action.ADMIN, study_instance_uid)
+    facts = await authorizer.store.study(study_instance_uid)
+    history = await authorizer.store.label_history(study_instance_uid)
+    return {
+        "study_instance_uid": study_instance_uid,
+        "patient_id": facts.patient_id,
+        "labels": sorted(facts.labels),
+        "history": [
+            {
+                "changed_at": h.changed_at.isoformat(),
+                "changed_by": h.changed_by,
+                "via": h.via,
+                "added": h.added.split(),
+                "removed": h.removed.split(),
+                "reason": h.reason,
+            }
+            for h in history
+        ],
+    }
+
+
+@router.patch("/studies/{study_instance_uid}/labels")
+async def change_labels(study_instance_uid: str, request: Request, ctx: Context) -> dict[str, Any]:
+    ctx.action, ctx.transaction = Action.ADMIN, "admin_change_labels"
+    _check_uid(study_instance_uid)
+    body = await _body(request, LabelChangeRequest)
+    authorizer = _authorizer(request)
+    unknown = sorted(set(body.add + body.remove) - set(authorizer.policy.labels))
+    if unknown:
+        raise bad_request("unknown_label", "unknown label", f"unknown labels {unknown}")
+    await authorizer.check_study(ctx, Action.ADMIN, study_instance_uid)
+    try:
+        update = await authorizer.store.change_labels(
+            study_instance_uid, body.add, body.remove, _who(ctx), body.reason
+        )
+    except UnknownStudy:
+        raise not_found(f"study {study_instance_uid} not in the policy store") from None
+    facts = await authorizer.store.study(study_instance_uid)
+    ctx.add_study(StudyRef(study_instance_uid, facts.patient_id))
+    detail = (
+        f"labels of study {study_instance_uid} changed: +{sorted(update.added)} "
+        f"-{sorted(update.removed)}; reason: {body.reason}"
+    )
+    ctx.alerts.append(("object-security-attributes-changed", detail))
+    ctx.extra["security_event"] = {
+        "event_type": "110135",
+        "study_instance_uid": study_instance_uid,
+        "added": sorted(update.added),
+        "removed": sorted(update.removed),
+        "reason": body.reason,
+    }
+    return {
+        "study_instance_uid": study_instance_uid,
+        "labels": sorted(update.after),
+        "added": sorted(update.added),
+        "removed": sorted(update.removed),
+    }
+
+
+@router.post("/break-glass", status_code=201)
+async def break_glass(request: Request, ctx: Context) -> JSONResponse:
+    ctx.action, ctx.transaction = Action.BREAK_GLASS, "break_glass"
+    body = await _body(request, BreakGlassRequest)
+    _check_uid(body.study_instance_uid)
+    authorizer = _authorizer(request)
+    settings = authorizer.policy.break_glass
+    reason = body.reason.strip()
+    if len(reason) < settings.min_reason_length:
+        raise bad_request(
+            "invalid_request", f"reason must be at least {settings.min_reason_length} characters"
+        )
+    await authorizer.check_study(ctx, Action.BREAK_GLASS, body.study_instance_uid)
+    assert ctx.principal is not None  # check_study denies an anonymous caller
+    grant = await authorizer.store.grant_break_glass(
+        ctx.principal.subject,
+        ctx.principal.issuer,
+        body.study_instance_uid,
+        reason,
+        settings.duration_seconds,
+    )
+    facts = await authorizer.store.study(body.study_instance_uid)
+    ctx.add_study(StudyRef(body.study_instance_uid, facts.patient_id))
+    expires_at = grant.expires_at.astimezone(UTC).isoformat()
+    ctx.alerts.append(
+        (
+            "emergency-override",
+            f"break-glass on study {body.study_instance_uid} until {expires_at}: {reason}",
+        )
+    )
+    ctx.extra["security_event"] = {
+        "event_type": "110127",
+        "study_instance_uid": body.study_instance_uid,
+        "reason": reason,
+        "expires_at": expires_at,
+        "grant_id": grant.id,
+    }
+    return JSONResponse(
+        {
+            "grant_id": grant.id,
+            "study_instance_uid": body.study_instance_uid,
+            "expires_at": expires_at,
+            "expires_in": int((grant.expires_at - datetime.now(UTC)).total_seconds()),
+        },
+        status_code=201,
+    )
+
+
+def _who(ctx: RequestContext) -> str:
+    principal = ctx.principal
+    return f"{principal.subject}@{principal.issuer}" if principal else "unknown"
+
+
+__all__ = ["current_context", "router", "valid_uid"]
