@@ -1,0 +1,159 @@
+"""`python -m dicomweb_gateway serve --config FILE` and `redirect --port P --target URL`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import ssl
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvicorn
+
+from .settings import SettingsError, load_settings
+
+# PS3.15 B.12 / BCP 195: TLS 1.2 with ECDHE and AEAD only; TLS 1.3 suites are all AEAD.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def gateway_ssl_context(
+    config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]
+) -> ssl.SSLContext:
+    """Module-level so uvicorn can pickle it into every worker process."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    assert config.ssl_certfile
+    context.load_cert_chain(
+        str(config.ssl_certfile), config.ssl_keyfile and str(config.ssl_keyfile)
+    )
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def serve(config_path: str) -> int:
+    from .app import SETTINGS_ENV
+    from .observe import configure_logging
+
+    try:
+        settings = load_settings(config_path)
+    except SettingsError as exc:
+        print(f"dicomweb-gateway: invalid settings\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging()
+    os.environ[SETTINGS_ENV] = os.path.abspath(config_path)
+    config = uvicorn.Config(
+        "dicomweb_gateway.app:app_from_env",
+        factory=True,
+        host=settings.listen.host,
+        port=settings.listen.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        ssl_certfile=str(settings.tls.cert),
+        ssl_keyfile=str(settings.tls.key),
+        ssl_context_factory=gateway_ssl_context,
+        server_header=False,
+        date_header=True,
+        access_log=False,
+        log_config=None,
+        proxy_headers=False,  # client addresses come from the socket, never from headers
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    if settings.workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        sock = config.bind_socket()
+        Multiprocess(config, sockets=[sock]).run()
+        return 0
+    server.run()
+    return 0 if server.started else 1
+
+
+def redirect_app(target: str) -> Callable[[dict[str, Any], Any, Any], Awaitable[None]]:
+    """A plain-HTTP ASGI app that only answers 301 to HTTPS with an empty body (NW-2).
+
+    The request path is kept (query dropped: it might carry data); nothing is proxied.
+    """
+    base = target.rstrip("/")
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path = scope.get("path", "/")
+        if not path.startswith("/") or path.startswith("//") or any(c in path for c in "\r\n"):
+            path = "/"
+        location = (base + path).encode("utf-8", "replace")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 301,
+                "headers": [
+                    (b"location", location),
+                    (b"content-length", b"0"),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def redirect(port: int, target: str, host: str = "127.0.0.1") -> int:
+    if not target.startswith("https://"):
+        print("dicomweb-gateway: --target must be an https URL", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        redirect_app(target),
+        host=host,
+        port=port,
+        server_header=False,
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dicomweb-gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="serve the gateway over HTTPS")
+    p_serve.add_argument("--config", required=True, help="settings YAML file")
+    p_check = sub.add_parser("check", help="validate a settings file and exit")
+    p_check.add_argument("--config", required=True)
+    p_redirect = sub.add_parser("redirect", help="plain-HTTP redirector to HTTPS")
+    p_redirect.add_argument("--port", type=int, required=True)
+    p_redirect.add_argument("--target", required=True, help="e.g. https://localhost:8443")
+    p_redirect.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args.config)
+    if args.command == "check":
+        try:
+            load_settings(args.config)
+        except SettingsError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print("settings ok")
+        return 0
+    return redirect(args.port, args.target, args.host)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The application factory: `create_app(settings)` wires the data-flow steps together.
+
+`app.state` carries one of each: settings, archive adapter, authenticator (with the JWKS cache
+and the shared DPoP replay cache), authorizer, auditor, rate limiter and URL rewriter.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from . import dicomweb
+from .archive.orthanc import OrthancArchive
+from .audit import Auditor
+from .authenticate import Authenticator
+from .authorize import Authorizer
+from .errors import GatewayError, not_found
+from .http import SecurityHeaders, error_response
+from .observe import REGISTRY
+from .parse import method_not_allowed
+from .ratelimit import RateLimiter
+from .replay import SqlReplayCache, make_engine
+from .rewrite import UrlRewriter
+from .settings import Settings, load_settings
+
+log = logging.getLogger("dicomweb_gateway")
+
+SETTINGS_ENV = "DICOMWEB_GATEWAY_SETTINGS"
+
+# Archive-native REST routes and other paths an attacker may try at the root: always 404, even
+# where the viewer would otherwise answer with its index page (AP-2).
+ARCHIVE_NATIVE = (
+    "tools",
+    "instances",
+    "series",
+    "studies",
+    "patients",
+    "system",
+    "plugins",
+    "changes",
+    "exports",
+    "modalities",
+    "peers",
+    "jobs",
+    "statistics",
+    "app",
+    "ui",
+    "orthanc",
+    "osimis-viewer",
+    "stone-webviewer",
+    "dicom-web-old",
+    "wado-rs",
+    "rs",
+    "dcm4chee-arc",
+)
+SCOPES_SUPPORTED = [
+    "user/ImagingStudy.rs",
+    "user/ImagingStudy.c",
+    "user/ImagingStudy.d",
+    "patient/ImagingStudy.rs",
+    "system/ImagingStudy.c",
+    "system/ImagingStudy.rs",
+]
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _build(cls: Any, settings: Settings) -> Any:
+    factory = getattr(cls, "from_settings", None)
+    return factory(settings) if callable(factory) else cls()
+
+
+def create_app(
+    settings: Settings,
+    *,
+    archive_transport: httpx.AsyncBaseTransport | None = None,
+    idp_transport: httpx.AsyncBaseTransport | None = None,
+    authorizer: Any = None,
+    auditor: Any = None,
+) -> FastAPI:
+    """Build the gateway. Transports and hooks are injectable for unit tests."""
+    workers = max(1, settings.workers)
+    replay = SqlReplayCache(make_engine(settings.database_url))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await replay.setup()
+        for hook in (app.state.authorizer, app.state.auditor):
+            start = getattr(hook, "start", None)
+            if callable(start):
+                await _maybe_await(start())
+        try:
+            yield
+        finally:
+            for hook in (app.state.authorizer, app.state.auditor):
+                close = getattr(hook, "close", None)
+                if callable(close):
+                    await _maybe_await(close())
+            await app.state.archive.close()
+            await app.state.authenticator.close()
+            await replay.close()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        title="dicomweb-gateway",
+    )
+    app.state.settings = settings
+    app.state.archive = OrthancArchive.from_settings(settings, archive_transport)
+    app.state.authenticator = Authenticator.from_settings(settings, replay, idp_transport)
+    app.state.replay = replay
+    app.state.authorizer = authorizer if authorizer is not None else _build(Authorizer, settings)
+    app.state.auditor = auditor if auditor is not None else _build(Auditor, settings)
+    app.state.rate_limiter = RateLimiter(settings.limits.requests_per_minute / workers)
+    app.state.rewriter = UrlRewriter(settings.archive.url, settings.public_url)
+
+    _install_error_handlers(app)
+    _install_service_routes(app, settings)
+    app.include_router(dicomweb.router)
+    _install_optional_routers(app, settings)
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            return error_response(method_not_allowed("GET"))
+        if exc.status_code == 404:
+            return error_response(not_found())
+        return error_response(GatewayError(exc.status_code, "error", "request refused"))
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(GatewayError(400, "invalid_request", "malformed request"))
+
+
+def _install_service_routes(app: FastAPI, settings: Settings) -> None:
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        state = request.app.state
+        checks: dict[str, str] = {}
+
+        async def probe(name: str, call: Any) -> None:
+            try:
+                await _maybe_await(call())
+                checks[name] = "ok"
+            except Exception as exc:
+                log.warning("readiness", extra={"fields": {"check": name, "error": repr(exc)}})
+                checks[name] = "unavailable"
+
+        jwks = state.authenticator.jwks
+        await probe("idp_keys", lambda: None if jwks.loaded else jwks.refresh())
+        await probe("archive", state.archive.ping)
+        await probe("database", state.replay.ping)
+        for name, hook in (("policy", state.authorizer), ("audit", state.auditor)):
+            ready = getattr(hook, "ready", None) or getattr(hook, "preflight", None)
+            if callable(ready):
+                await probe(name, ready)
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/.well-known/oauth-protected-resource", include_in_schema=False)
+    async def protected_resource() -> Response:
+        # RFC 9728 section 2.
+        return JSONResponse(
+            {
+                "resource": settings.public_url,
+                "authorization_servers": [settings.oidc.issuer],
+                "scopes_supported": SCOPES_SUPPORTED,
+                "bearer_methods_supported": ["header"],
+                "resource_signing_alg_values_supported": list(settings.oidc.algorithms),
+                "dpop_signing_alg_values_supported": list(settings.dpop.algorithms),
+                "dpop_bound_access_tokens_required": False,
+                "resource_name": "DICOMweb gateway",
+            }
+        )
+
+    for prefix in ARCHIVE_NATIVE:
+        app.add_api_route(
+            f"/{prefix}", _archive_native, methods=_ALL_METHODS, include_in_schema=False
+        )
+        app.add_api_route(
+            f"/{prefix}/{{rest:path}}",
+            _archive_native,
+            methods=_ALL_METHODS,
+            include_in_schema=False,
+        )
+
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+async def _archive_native() -> Response:
+    return error_response(not_found("archive-native route"))
+
+
+def _install_optional_routers(app: FastAPI, settings: Settings) -> None:
+    """Routes owned by other packages (admin, audit trail, viewer), mounted when present."""
+    import importlib
+
+    for module_name in ("dicomweb_gateway.admin", "dicomweb_gateway.audit.routes"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        router = getattr(module, "router", None)
+        if router is not None:
+            app.include_router(router)
+    if settings.viewer.dist_dir is not None:
+        from .viewer import mount_viewer
+
+        mount_viewer(app, settings)
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for worker processes: settings path from the environment."""
+    from .observe import configure_logging
+
+    configure_logging()
+    return create_app(load_settings(os.environ[SETTINGS_ENV]))

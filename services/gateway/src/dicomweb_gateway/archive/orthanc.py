@@ -1,0 +1,246 @@
+"""The Orthanc archive adapter (Orthanc 1.10.1 + DICOMweb plugin 1.7).
+
+Every difference between this archive and plain PS3.18 lives here (ARCHITECTURE section 3):
+- the plugin builds RetrieveURL / BulkDataURI from the RFC 7239 `Forwarded` header only, so the
+  gateway sends its public host and scheme there (X-Forwarded-* is ignored by the plugin);
+- Orthanc 1.10 does not percent-decode query arguments: queries arrive already canonical
+  (parse.QidoQuery.archive_query) and are sent as a raw query string;
+- the plugin has no DELETE: a study or series is deleted through Orthanc's REST API after
+  looking its Orthanc identifier up with /tools/lookup;
+- the plugin has no thumbnails: an instance thumbnail is a small rendered image.
+The archive's credentials and client certificate are injected in exactly one place
+(`_ArchiveAuth` and the client's TLS context).
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ..context import StudyRef
+from ..errors import GatewayError, service_unavailable
+from ..settings import Settings
+
+DICOMWEB_ROOT = "/dicom-web"
+WADO_URI_ROOT = "/wado"
+_OWNER_TTL = 60.0  # seconds an owner lookup is reused; UIDs never move between studies
+_OWNER_CACHE_SIZE = 20000
+
+
+class _ArchiveAuth(httpx.Auth):
+    """HTTP Basic credentials for the archive: the only place they are added (STYLE rule 7)."""
+
+    def __init__(self, username: str, password: str) -> None:
+        self._header = httpx.BasicAuth(username, password)._auth_header
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
+
+
+def archive_tls_context(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(settings.archive.ca_cert))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.archive.client_cert and settings.archive.client_key:
+        context.load_cert_chain(str(settings.archive.client_cert), str(settings.archive.client_key))
+    return context
+
+
+def timeout_error(detail: str) -> GatewayError:
+    return GatewayError(504, "archive_timeout", "upstream timeout", detail)
+
+
+def unavailable(detail: str) -> GatewayError:
+    return service_unavailable(detail, retry_after=5)
+
+
+@dataclass(frozen=True)
+class _Owner:
+    refs: tuple[StudyRef, ...]
+    at: float
+
+
+class OrthancArchive:
+    """One pooled client to the archive for the whole worker process."""
+
+    def __init__(
+        self,
+        base_url: str,
+        public_url: str,
+        username: str,
+        password: str,
+        *,
+        verify: ssl.SSLContext | bool = True,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.public_url = public_url.rstrip("/")
+        public = urlsplit(self.public_url)
+        # RFC 7239: host and proto of the gateway as the client sees it.
+        self.forwarded = f'host="{public.netloc}";proto={public.scheme}'
+        self.client = httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=_ArchiveAuth(username, password),
+            verify=verify,
+            transport=transport,
+            # Connect fast or report the archive down; reads may take the configured time.
+            timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        self._owners: OrderedDict[tuple[str, str], _Owner] = OrderedDict()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> OrthancArchive:
+        return cls(
+            settings.archive.url,
+            settings.public_url,
+            settings.archive.username,
+            settings.archive.password(),
+            verify=archive_tls_context(settings) if transport is None else False,
+            timeout=settings.archive.timeout_seconds,
+            transport=transport,
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # ------------------------------------------------------------------ raw exchange
+
+    def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        headers = {"Forwarded": self.forwarded, "Accept-Encoding": "identity"}
+        if extra:
+            headers.update(extra)
+        return headers
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        content: Any = None,
+        stream: bool = True,
+    ) -> httpx.Response:
+        """Send one request; the caller closes the (streamed) response. Errors are typed."""
+        url = httpx.URL(self.base_url + path)
+        if query:
+            # Raw query bytes: already validated and canonical (no second encoding).
+            url = url.copy_with(query=query.encode("ascii"))
+        request = self.client.build_request(
+            method, url, headers=self.headers(headers), content=content
+        )
+        try:
+            return await self.client.send(request, stream=stream)
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+                raise unavailable(f"archive connect: {exc!r}") from None
+            raise timeout_error(f"archive read: {exc!r}") from None
+        except httpx.TransportError as exc:
+            raise unavailable(f"archive unreachable: {exc!r}") from None
+
+    async def json(self, method: str, path: str, query: str = "", content: Any = None) -> Any:
+        response = await self.send(
+            method, path, query, {"Accept": "application/json"}, content, stream=False
+        )
+        if response.status_code == 404:
+            return None
+        if response.status_code == 204:
+            return []
+        if response.status_code >= 400:
+            raise GatewayError(
+                502,
+                "archive_error",
+                "upstream error",
+                f"archive {method} {path} -> {response.status_code}",
+            )
+        return response.json()
+
+    async def ping(self) -> None:
+        response = await self.send("GET", "/system", stream=False)
+        if response.status_code != 200:
+            raise unavailable(f"archive /system -> {response.status_code}")
+
+    # ------------------------------------------------------------------ owner resolution
+
+    async def owners(self, level: str, uid: str) -> tuple[StudyRef, ...]:
+        """The studies that really hold a study/series/instance UID (empty: not found).
+
+        Authorization is decided on the owning study, never on the study UID a client wrote in a
+        path or a WADO-URI `studyUID` (AP-1).
+        """
+        key = (level, uid)
+        now = time.monotonic()
+        cached = self._owners.get(key)
+        if cached is not None and now - cached.at < _OWNER_TTL:
+            self._owners.move_to_end(key)
+            return cached.refs
+        resource, match = {
+            "study": ("studies", "StudyInstanceUID"),
+            "series": ("series", "SeriesInstanceUID"),
+            "instance": ("instances", "SOPInstanceUID"),
+        }[level]
+        query = f"{match}={uid}&includefield=0020000D&includefield=00100020"
+        found = await self.json("GET", f"{DICOMWEB_ROOT}/{resource}", query) or []
+        refs: dict[str, StudyRef] = {}
+        for item in found:
+            study = _value(item, "0020000D")
+            if study:
+                refs[study] = StudyRef(study, _value(item, "00100020"))
+        result = tuple(refs.values())
+        if result:
+            self._owners[key] = _Owner(result, now)
+            if len(self._owners) > _OWNER_CACHE_SIZE:
+                self._owners.popitem(last=False)
+        return result
+
+    def forget(self, study_instance_uid: str) -> None:
+        """Drop cached owner lookups after a delete."""
+        for key in [
+            k
+            for k, v in self._owners.items()
+            if any(r.study_instance_uid == study_instance_uid for r in v.refs)
+        ]:
+            del self._owners[key]
+
+    # ------------------------------------------------------------------ DELETE (REST API)
+
+    async def delete(self, level: str, uid: str) -> bool:
+        """Delete a study or series by UID through Orthanc's REST API; False when not found."""
+        found = await self.json("POST", "/tools/lookup", content=uid.encode("ascii")) or []
+        wanted = {"study": "Study", "series": "Series"}[level]
+        ids = [item["ID"] for item in found if item.get("Type") == wanted]
+        if not ids:
+            return False
+        for orthanc_id in ids:
+            path = f"/{'studies' if level == 'study' else 'series'}/{orthanc_id}"
+            response = await self.send("DELETE", path, stream=False)
+            if response.status_code >= 400:
+                raise GatewayError(
+                    502,
+                    "archive_error",
+                    "upstream error",
+                    f"archive DELETE {path} -> {response.status_code}",
+                )
+        return True
+
+
+def _value(item: Mapping[str, Any], tag: str) -> str | None:
+    element = item.get(tag)
+    if not isinstance(element, dict):
+        return None
+    values = element.get("Value")
+    if isinstance(values, list) and values and isinstance(values[0], str):
+        return values[0]
+    return None

@@ -1,0 +1,359 @@
+"""The DICOMweb routes (PS3.18): parse -> authenticate -> resolve owner -> authorize -> forward.
+
+One handler per kind of transaction. Authorization is always decided on the study that really
+owns the addressed object, as the archive reports it, never on a UID a client wrote (AP-1).
+Nothing reaches the archive before authentication, authorization and the audit preflight.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .archive.orthanc import DICOMWEB_ROOT, WADO_URI_ROOT, OrthancArchive
+from .context import Action, RequestContext, StudyRef
+from .errors import GatewayError, bad_request, not_found
+from .forward import archive_error, request_headers, stream_response
+from .parse import (
+    METADATA,
+    SEARCHES,
+    THUMBNAILS,
+    Resource,
+    Transaction,
+    parse_dicomweb,
+    parse_wado_uri,
+)
+from .pipeline import authenticate, guarded, new_context
+from .rewrite import dump_json, filter_qido
+from .stow import (
+    REFUSED_NOT_AUTHORIZED,
+    encode_multipart,
+    merge_response,
+    parse_stow,
+    payload_too_large,
+    store_status,
+    unsupported_media_type,
+)
+
+router = APIRouter()
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+DICOM_JSON = "application/dicom+json"
+
+
+@router.api_route(DICOMWEB_ROOT + "/{path:path}", methods=_METHODS, include_in_schema=False)
+async def dicomweb(request: Request, path: str) -> Response:
+    ctx = new_context(request, None, None)
+
+    async def handle(ctx: RequestContext) -> Response:
+        settings = request.app.state.settings
+        resource = parse_dicomweb(
+            request.method, path, request.url.query, settings.limits.qido_max_limit
+        )
+        ctx.transaction = resource.transaction.value
+        ctx.action = resource.action
+        await authenticate(request, ctx)
+        return await dispatch(request, ctx, resource)
+
+    return await guarded(request, handle, ctx=ctx, authenticated=False)
+
+
+@router.api_route(WADO_URI_ROOT, methods=_METHODS, include_in_schema=False)
+async def wado_uri(request: Request) -> Response:
+    ctx = new_context(request, Transaction.RETRIEVE_WADO_URI.value, Action.READ)
+
+    async def handle(ctx: RequestContext) -> Response:
+        resource = parse_wado_uri(request.method, request.url.query)
+        await authenticate(request, ctx)
+        return await retrieve(request, ctx, resource)
+
+    return await guarded(request, handle, ctx=ctx, authenticated=False)
+
+
+async def dispatch(request: Request, ctx: RequestContext, resource: Resource) -> Response:
+    if resource.transaction in SEARCHES:
+        return await search(request, ctx, resource)
+    if resource.transaction is Transaction.STORE_INSTANCES:
+        return await store(request, ctx, resource)
+    if resource.transaction in (Transaction.DELETE_STUDY, Transaction.DELETE_SERIES):
+        return await delete(request, ctx, resource)
+    return await retrieve(request, ctx, resource)
+
+
+# ---------------------------------------------------------------- owner resolution
+
+
+async def owning_study(
+    request: Request, ctx: RequestContext, resource: Resource, action: Action
+) -> StudyRef:
+    """Resolve the study that owns the deepest UID addressed, then authorize on it.
+
+    A mismatch (`/studies/A/series/<series of B>`) is 404. A missing object is 404 only after
+    the caller was found allowed on the study named, so existence is not disclosed (AP-1).
+    """
+    archive: OrthancArchive = request.app.state.archive
+    authorizer = request.app.state.authorizer
+    named = resource.study_instance_uid
+    assert named is not None
+    level, uid = "study", named
+    if resource.sop_instance_uid:
+        level, uid = "instance", resource.sop_instance_uid
+    elif resource.series_instance_uid:
+        level, uid = "series", resource.series_instance_uid
+    owners = await archive.owners(level, uid)
+    if level == "instance" and resource.series_instance_uid and owners:
+        # The instance's series must itself belong to the same study.
+        series_owners = await archive.owners("series", resource.series_instance_uid)
+        owners = tuple(o for o in owners if o in series_owners) or ()
+    if not owners:
+        await authorizer.check_study(ctx, action, named)
+        raise not_found(f"{level} {uid} not in the archive")
+    owner = next((o for o in owners if o.study_instance_uid == named), None)
+    if owner is None:
+        raise not_found(f"{level} {uid} belongs to another study than {named}")
+    ctx.add_study(owner)
+    await authorizer.check_study(ctx, action, named)
+    return owner
+
+
+# ---------------------------------------------------------------- QIDO-RS
+
+
+async def search(request: Request, ctx: RequestContext, resource: Resource) -> Response:
+    state = request.app.state
+    archive: OrthancArchive = state.archive
+    authorizer = state.authorizer
+    accept = request.headers.get("accept", DICOM_JSON)
+    if not _accepts_json(accept):
+        raise GatewayError(406, "not_acceptable", "only application/dicom+json is offered", accept)
+    await authorizer.check_action(ctx, Action.SEARCH)
+    if resource.study_instance_uid:
+        await owning_study(request, ctx, resource, Action.SEARCH)
+    assert resource.query is not None
+    await state.auditor.preflight()
+    ctx.forwarded = True
+    upstream = await archive.send(
+        "GET",
+        DICOMWEB_ROOT + resource.archive_path(),
+        resource.query.archive_query(("StudyInstanceUID", "PatientID")),
+        {"Accept": DICOM_JSON},
+        stream=False,
+    )
+    if upstream.status_code == 204:
+        results: list[dict[str, Any]] = []
+    elif upstream.status_code >= 400:
+        raise archive_error(upstream.status_code, ctx.transaction or "search")
+    else:
+        results = upstream.json() or []
+
+    async def permitted(uids: set[str]) -> set[str]:
+        allowed: set[str] = await authorizer.permitted_studies(ctx, Action.SEARCH, uids)
+        return allowed
+
+    page = await filter_qido(results, resource.query, permitted, drop_study_uid=False)
+    for item in page:
+        study = _first(item, "0020000D")
+        if study:
+            ctx.add_study(StudyRef(study, _first(item, "00100020")))
+    body = state.rewriter.rewrite(dump_json(page))
+    return Response(body, status_code=200, media_type=DICOM_JSON)
+
+
+def _accepts_json(accept: str) -> bool:
+    for item in accept.split(","):
+        media = item.split(";")[0].strip().lower()
+        if media in ("application/dicom+json", "application/json", "*/*", "application/*"):
+            return True
+    return False
+
+
+def _first(item: dict[str, Any], tag: str) -> str | None:
+    element = item.get(tag)
+    if isinstance(element, dict):
+        values = element.get("Value")
+        if isinstance(values, list) and values and isinstance(values[0], str):
+            return values[0]
+    return None
+
+
+# ---------------------------------------------------------------- WADO-RS and WADO-URI
+
+
+async def retrieve(request: Request, ctx: RequestContext, resource: Resource) -> Response:
+    state = request.app.state
+    archive: OrthancArchive = state.archive
+    await state.authorizer.check_action(ctx, Action.READ)
+    await owning_study(request, ctx, resource, Action.READ)
+    path, query = _archive_target(resource)
+    headers = request_headers(request.headers)
+    headers.pop("content-type", None)
+    if resource.transaction in THUMBNAILS:
+        headers["accept"] = "image/jpeg"
+    await state.auditor.preflight()
+    ctx.forwarded = True
+    upstream = await archive.send("GET", path, query, headers)
+    if upstream.status_code >= 400:
+        await upstream.aclose()
+        raise archive_error(upstream.status_code, ctx.transaction or "retrieve")
+    if resource.transaction in METADATA:
+        # Metadata carries BulkDataURIs: rewritten, never an archive address (AP-4).
+        body = state.rewriter.rewrite(await upstream.aread())
+        await upstream.aclose()
+        return Response(
+            body,
+            status_code=upstream.status_code,
+            media_type=upstream.headers.get("content-type", DICOM_JSON),
+        )
+    return await stream_response(archive, upstream, head_only=request.method == "HEAD")
+
+
+def _archive_target(resource: Resource) -> tuple[str, str]:
+    t = resource.transaction
+    if t is Transaction.RETRIEVE_WADO_URI:
+        return WADO_URI_ROOT, resource.raw_query
+    if t in THUMBNAILS:
+        # Plugin 1.7 has no /thumbnail: a small rendered image of the instance is cheap. Study
+        # and series thumbnails are not offered (404 from the resolution below if asked).
+        if t is not Transaction.RETRIEVE_INSTANCE_THUMBNAIL:
+            raise not_found("study and series thumbnails are not offered by this archive")
+        base = Resource(
+            Transaction.RETRIEVE_RENDERED_INSTANCE,
+            resource.study_instance_uid,
+            resource.series_instance_uid,
+            resource.sop_instance_uid,
+        )
+        return DICOMWEB_ROOT + base.archive_path(), "viewport=128,128"
+    return DICOMWEB_ROOT + resource.archive_path(), resource.raw_query
+
+
+# ---------------------------------------------------------------- STOW-RS
+
+
+async def store(request: Request, ctx: RequestContext, resource: Resource) -> Response:
+    state = request.app.state
+    settings = state.settings
+    archive: OrthancArchive = state.archive
+    authorizer = state.authorizer
+    await authorizer.check_action(ctx, Action.STORE)
+    if resource.study_instance_uid:
+        await authorizer.check_study(ctx, Action.STORE, resource.study_instance_uid)
+    content_type = request.headers.get("content-type", "")
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # AP-3: compressed bodies would defeat the size cap (decompression bombs).
+        raise unsupported_media_type(f"content-encoding {encoding!r}")
+    boundary_check = content_type.lower()
+    if not boundary_check.startswith("multipart/related"):
+        raise unsupported_media_type(f"content type {content_type[:100]!r}")
+    body = await _read_capped(request, settings.limits.stow_max_bytes)
+    stow = parse_stow(
+        content_type,
+        body,
+        resource.study_instance_uid,
+        zero_preamble=settings.limits.preamble_policy == "zero",
+    )
+    ctx.alerts.extend(stow.alerts)
+    # Per-study authorization for parts posted to /studies (a part may name any study).
+    verdicts: dict[str, GatewayError | None] = {}
+    for part in stow.accepted:
+        uid = part.study_instance_uid
+        assert uid is not None
+        if uid not in verdicts:
+            try:
+                await authorizer.check_study(ctx, Action.STORE, uid)
+                verdicts[uid] = None
+            except GatewayError as error:
+                verdicts[uid] = error
+        if verdicts[uid] is not None:
+            part.failure = REFUSED_NOT_AUTHORIZED
+            part.reason = f"not authorized for study {uid}"
+    for part in stow.parts:
+        if part.study_instance_uid:
+            ctx.add_study(
+                StudyRef(
+                    part.study_instance_uid,
+                    part.patient_id,
+                    (part.sop_class_uid,) if part.sop_class_uid else (),
+                )
+            )
+    refused = [p for p in stow.parts if p.failure is not None]
+    accepted = stow.accepted
+    if not accepted:
+        denial = next((e for e in verdicts.values() if e is not None), None)
+        if denial is not None and all(p.failure == REFUSED_NOT_AUTHORIZED for p in refused):
+            raise denial
+        ctx.error_detail = "; ".join(p.reason for p in refused)[:1000]
+        result = merge_response(None, refused)
+        return _json(result, 409)
+    await state.auditor.preflight()
+    ctx.forwarded = True
+    boundary = b"zt-gateway-stow-boundary-7f3c"
+    upstream = await archive.send(
+        "POST",
+        DICOMWEB_ROOT + resource.archive_path(),
+        headers={
+            "Accept": DICOM_JSON,
+            "Content-Type": 'multipart/related; type="application/dicom"; boundary='
+            + boundary.decode(),
+        },
+        content=encode_multipart(accepted, boundary),
+        stream=False,
+    )
+    if upstream.status_code >= 400 and upstream.status_code not in (409,):
+        raise archive_error(upstream.status_code, "store_instances")
+    try:
+        archive_result = upstream.json() if upstream.content else {}
+    except ValueError:
+        archive_result = {}
+    result = merge_response(archive_result if isinstance(archive_result, dict) else {}, refused)
+    stored = {p.study_instance_uid for p in accepted if p.study_instance_uid}
+    if stored:
+        await authorizer.on_stored(ctx, sorted(stored))
+    if refused:
+        ctx.error_detail = "; ".join(p.reason for p in refused)[:1000]
+    return _json(result, store_status(result))
+
+
+def _json(result: dict[str, Any], status: int) -> Response:
+    body = json.dumps(result, separators=(",", ":")).encode()
+    return Response(body, status_code=status, media_type=DICOM_JSON)
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    """Read the body, refusing it with 413 as soon as it exceeds the cap (before forwarding)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise bad_request("invalid_request", "malformed request", "content-length")
+        if int(declared) > cap:
+            raise payload_too_large(f"content-length {declared} > {cap}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise payload_too_large(f"body exceeds {cap}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# ---------------------------------------------------------------- DELETE
+
+
+async def delete(request: Request, ctx: RequestContext, resource: Resource) -> Response:
+    state = request.app.state
+    archive: OrthancArchive = state.archive
+    await state.authorizer.check_action(ctx, Action.DELETE)
+    owner = await owning_study(request, ctx, resource, Action.DELETE)
+    await state.auditor.preflight()
+    ctx.forwarded = True
+    level = "series" if resource.series_instance_uid else "study"
+    uid = resource.series_instance_uid or resource.study_instance_uid
+    assert uid is not None
+    if not await archive.delete(level, uid):
+        raise not_found(f"{level} {uid} vanished before delete")
+    archive.forget(owner.study_instance_uid)
+    return Response(status_code=204)

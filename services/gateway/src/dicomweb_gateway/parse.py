@@ -1,0 +1,514 @@
+"""Parse a request path and query into an immutable DICOMweb resource (PS3.18).
+
+This is the route allow-list: a path that is not one of the PS3.18 resources below is 404, a
+known resource with the wrong method is 405, a malformed UID or query is 400. QIDO keys are
+allow-listed by keyword or tag and re-encoded canonically, because Orthanc 1.10 does not
+percent-decode query arguments (an encoded key would be dropped silently and widen the search).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from .context import Action
+from .errors import GatewayError, bad_request, not_found
+
+DICOMWEB_PREFIX = "/dicom-web"
+WADO_URI_PATH = "/wado"
+
+# PS3.5 9.1: components of digits, no leading zero unless the component is "0", max 64 chars.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# Frame lists (PS3.18 8.3.1.1): 1-based positive integers separated by commas.
+_FRAMES = re.compile(r"^[1-9][0-9]{0,6}(,[1-9][0-9]{0,6})*$")
+# Orthanc bulk data URIs: .../bulk/<tag>[/<index>/<tag>...] (hex tags, sequence item indexes).
+_BULK = re.compile(r"^[0-9A-Fa-f]{8}(/[0-9]{1,6}/[0-9A-Fa-f]{8})*$")
+
+
+def is_uid(value: str) -> bool:
+    return 0 < len(value) <= 64 and _UID.match(value) is not None
+
+
+class Transaction(enum.StrEnum):
+    """PS3.18 transaction names (section 10), used for routing and audit."""
+
+    SEARCH_FOR_STUDIES = "search_for_studies"
+    SEARCH_FOR_SERIES = "search_for_series"
+    SEARCH_FOR_INSTANCES = "search_for_instances"
+    RETRIEVE_STUDY = "retrieve_study"
+    RETRIEVE_SERIES = "retrieve_series"
+    RETRIEVE_INSTANCE = "retrieve_instance"
+    RETRIEVE_FRAMES = "retrieve_frames"
+    RETRIEVE_BULKDATA = "retrieve_bulkdata"
+    RETRIEVE_STUDY_METADATA = "retrieve_study_metadata"
+    RETRIEVE_SERIES_METADATA = "retrieve_series_metadata"
+    RETRIEVE_INSTANCE_METADATA = "retrieve_instance_metadata"
+    RETRIEVE_RENDERED_STUDY = "retrieve_rendered_study"
+    RETRIEVE_RENDERED_SERIES = "retrieve_rendered_series"
+    RETRIEVE_RENDERED_INSTANCE = "retrieve_rendered_instance"
+    RETRIEVE_RENDERED_FRAMES = "retrieve_rendered_frames"
+    RETRIEVE_STUDY_THUMBNAIL = "retrieve_study_thumbnail"
+    RETRIEVE_SERIES_THUMBNAIL = "retrieve_series_thumbnail"
+    RETRIEVE_INSTANCE_THUMBNAIL = "retrieve_instance_thumbnail"
+    STORE_INSTANCES = "store_instances"
+    DELETE_STUDY = "delete_study"
+    DELETE_SERIES = "delete_series"
+    RETRIEVE_WADO_URI = "retrieve_wado_uri"  # PS3.18 9: URI service
+
+
+SEARCHES = frozenset(
+    {
+        Transaction.SEARCH_FOR_STUDIES,
+        Transaction.SEARCH_FOR_SERIES,
+        Transaction.SEARCH_FOR_INSTANCES,
+    }
+)
+METADATA = frozenset(
+    {
+        Transaction.RETRIEVE_STUDY_METADATA,
+        Transaction.RETRIEVE_SERIES_METADATA,
+        Transaction.RETRIEVE_INSTANCE_METADATA,
+    }
+)
+THUMBNAILS = frozenset(
+    {
+        Transaction.RETRIEVE_STUDY_THUMBNAIL,
+        Transaction.RETRIEVE_SERIES_THUMBNAIL,
+        Transaction.RETRIEVE_INSTANCE_THUMBNAIL,
+    }
+)
+
+
+def action_of(transaction: Transaction) -> Action:
+    if transaction in SEARCHES:
+        return Action.SEARCH
+    if transaction is Transaction.STORE_INSTANCES:
+        return Action.STORE
+    if transaction in (Transaction.DELETE_STUDY, Transaction.DELETE_SERIES):
+        return Action.DELETE
+    return Action.READ
+
+
+# QIDO matching and return keys (PS3.18 table 10.6.1-5, plus common descriptive attributes).
+# keyword -> tag; both spellings are accepted, the keyword is what Orthanc receives.
+QIDO_KEYS: dict[str, str] = {
+    "StudyDate": "00080020",
+    "StudyTime": "00080030",
+    "AccessionNumber": "00080050",
+    "ModalitiesInStudy": "00080061",
+    "ReferringPhysicianName": "00080090",
+    "StudyDescription": "00081030",
+    "PatientName": "00100010",
+    "PatientID": "00100020",
+    "PatientBirthDate": "00100030",
+    "PatientSex": "00100040",
+    "StudyInstanceUID": "0020000D",
+    "StudyID": "00200010",
+    "NumberOfStudyRelatedSeries": "00201206",
+    "NumberOfStudyRelatedInstances": "00201208",
+    "Modality": "00080060",
+    "SeriesDescription": "0008103E",
+    "SeriesInstanceUID": "0020000E",
+    "SeriesNumber": "00200011",
+    "NumberOfSeriesRelatedInstances": "00201209",
+    "PerformedProcedureStepStartDate": "00400244",
+    "PerformedProcedureStepStartTime": "00400245",
+    "SOPClassUID": "00080016",
+    "SOPInstanceUID": "00080018",
+    "InstanceNumber": "00200013",
+    "Rows": "00280010",
+    "Columns": "00280011",
+    "NumberOfFrames": "00280008",
+    "InstitutionName": "00080080",
+    "BodyPartExamined": "00180015",
+}
+_TAG_TO_KEYWORD = {tag: kw for kw, tag in QIDO_KEYS.items()}
+_UID_KEYS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"})
+# Values may hold letters, digits and the DICOM matching characters (PS3.4 C.2.2.2): wildcard
+# `*` `?`, range `-`, name components `^`, UID lists `,`, spaces and dots. Nothing that could
+# break out of a query argument (& = # % + /) survives.
+_VALUE = re.compile(r"^[A-Za-z0-9 ^*?\-.,_:]{0,256}$")
+_PARAMS = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
+
+
+def _keyword(raw_key: str) -> str | None:
+    if raw_key in QIDO_KEYS:
+        return raw_key
+    return _TAG_TO_KEYWORD.get(raw_key.upper())
+
+
+@dataclass(frozen=True)
+class QidoQuery:
+    """A validated QIDO-RS query (PS3.18 8.3.4)."""
+
+    matches: tuple[tuple[str, str], ...] = ()  # (keyword, value), in request order
+    includefields: tuple[str, ...] = ()  # keywords
+    limit: int | None = None
+    offset: int = 0
+    fuzzymatching: bool = False
+
+    def archive_query(self, extra_includefields: tuple[str, ...] = ()) -> str:
+        """The canonical raw query Orthanc 1.10 reads: keywords, raw values, no pagination.
+
+        Pagination is applied by the gateway after filtering (rewrite.py), so that `limit` and
+        `offset` count permitted results only (AP-1).
+        """
+        parts = [f"{k}={_encode_value(v)}" for k, v in self.matches]
+        fields = list(self.includefields)
+        fields += [f for f in extra_includefields if f not in fields]
+        parts += [f"includefield={QIDO_KEYS[f]}" for f in fields]
+        if self.fuzzymatching:
+            parts.append("fuzzymatching=true")
+        return "&".join(parts)
+
+
+def _encode_value(value: str) -> str:
+    # Only the space needs escaping in a request line; Orthanc 1.10 decodes `%20`... it does not,
+    # so DICOM matching uses `*` semantics: spaces are sent as `%20` only where present, which
+    # the value grammar limits to person names and descriptions.
+    return value.replace(" ", "%20")
+
+
+def _decode(raw: str) -> str:
+    """Percent-decode once, strictly: bad escapes, NUL, non-UTF-8 are all 400."""
+    if "%" in raw and re.search(r"%(?![0-9A-Fa-f]{2})", raw):
+        raise bad_request("invalid_query", "malformed query", f"bad percent escape in {raw!r}")
+    try:
+        text = unquote_to_bytes(raw.replace("+", " ")).decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request("invalid_query", "malformed query", "query is not UTF-8") from None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise bad_request("invalid_query", "malformed query", "control character in query")
+    return text
+
+
+def parse_query_string(query: str) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    if not query:
+        return pairs
+    for item in query.split("&"):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise bad_request("invalid_query", "malformed query", f"argument without '=': {item!r}")
+        pairs.append((_decode(key), _decode(value)))
+    return pairs
+
+
+def parse_qido(query: str, max_limit: int) -> QidoQuery:
+    matches: list[tuple[str, str]] = []
+    includefields: list[str] = []
+    limit: int | None = None
+    offset = 0
+    fuzzy = False
+    seen: set[str] = set()
+    for key, value in parse_query_string(query):
+        if key in _PARAMS:
+            if key != "includefield" and key in seen:
+                raise bad_request("invalid_query", "malformed query", f"repeated {key}")
+            seen.add(key)
+            if key == "limit" or key == "offset":
+                if not value.isdigit() or len(value) > 9:
+                    raise bad_request("invalid_query", "malformed query", f"bad {key}")
+                if key == "limit":
+                    limit = min(int(value), max_limit)  # AP-3: clamp, never more than allowed
+                else:
+                    offset = int(value)
+            elif key == "fuzzymatching":
+                if value not in ("true", "false"):
+                    raise bad_request("invalid_query", "malformed query", "bad fuzzymatching")
+                fuzzy = value == "true"
+            else:
+                for field in value.split(","):
+                    if field == "all":
+                        includefields.extend(k for k in QIDO_KEYS if k not in includefields)
+                        continue
+                    keyword = _keyword(field)
+                    if keyword is None:
+                        raise bad_request(
+                            "unsupported_key", "unsupported query key", f"includefield {field!r}"
+                        )
+                    if keyword not in includefields:
+                        includefields.append(keyword)
+            continue
+        keyword = _keyword(key)
+        if keyword is None:
+            # Never a wider search (ARCHITECTURE section 3): unknown keys are refused.
+            raise bad_request("unsupported_key", "unsupported query key", f"key {key!r}")
+        if keyword in seen:
+            raise bad_request("invalid_query", "malformed query", f"repeated {keyword}")
+        seen.add(keyword)
+        if not _VALUE.match(value):
+            raise bad_request("invalid_query", "malformed query", f"bad value for {keyword}")
+        if keyword in _UID_KEYS and value and not all(is_uid(u) for u in value.split(",")):
+            raise bad_request("invalid_uid", "malformed UID", f"{keyword}={value!r}")
+        matches.append((keyword, value))
+    limit = max_limit if limit is None else limit
+    return QidoQuery(tuple(matches), tuple(includefields), limit, offset, fuzzy)
+
+
+@dataclass(frozen=True)
+class Resource:
+    """An immutable DICOMweb resource: what a request addresses (PS3.18 10)."""
+
+    transaction: Transaction
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+    frames: tuple[int, ...] = ()
+    bulk_path: str | None = None
+    query: QidoQuery | None = None
+    raw_query: str = ""  # forwarded for retrievals (validated, re-encoded)
+
+    @property
+    def action(self) -> Action:
+        return action_of(self.transaction)
+
+    def archive_path(self) -> str:
+        """The DICOMweb path of this resource, built from validated parts only."""
+        p = ""
+        if self.study_instance_uid:
+            p += f"/studies/{self.study_instance_uid}"
+        if self.series_instance_uid:
+            p += f"/series/{self.series_instance_uid}"
+        if self.sop_instance_uid:
+            p += f"/instances/{self.sop_instance_uid}"
+        t = self.transaction
+        if t is Transaction.SEARCH_FOR_STUDIES or (
+            t is Transaction.STORE_INSTANCES and not self.study_instance_uid
+        ):
+            return "/studies"
+        if t is Transaction.SEARCH_FOR_SERIES:
+            return p + "/series"
+        if t is Transaction.SEARCH_FOR_INSTANCES:
+            return p + "/instances"
+        if t in METADATA:
+            return p + "/metadata"
+        if t is Transaction.RETRIEVE_FRAMES:
+            return p + "/frames/" + ",".join(map(str, self.frames))
+        if t is Transaction.RETRIEVE_RENDERED_FRAMES:
+            return p + "/frames/" + ",".join(map(str, self.frames)) + "/rendered"
+        if t in (
+            Transaction.RETRIEVE_RENDERED_STUDY,
+            Transaction.RETRIEVE_RENDERED_SERIES,
+            Transaction.RETRIEVE_RENDERED_INSTANCE,
+        ):
+            return p + "/rendered"
+        if t is Transaction.RETRIEVE_BULKDATA:
+            return p + "/bulk/" + (self.bulk_path or "")
+        return p
+
+
+def method_not_allowed(allowed: str) -> GatewayError:
+    return GatewayError(405, "method_not_allowed", "method not allowed", headers={"Allow": allowed})
+
+
+# Per-path-shape allowed methods (RFC 9110 15.5.6 needs the Allow header on 405).
+_GET = "GET, HEAD"
+
+
+def _segments(path: str) -> list[str]:
+    # The ASGI server already percent-decoded the path. A decoded '/' or '%' inside a segment,
+    # or empty/dot segments, mean someone is trying to smuggle a path: 404 (not a route).
+    if "//" in path or "%" in path or "\\" in path:
+        raise not_found(f"irregular path {path!r}")
+    segs = path.strip("/").split("/") if path.strip("/") else []
+    if any(s in (".", "..") for s in segs):
+        raise not_found(f"dot segment in {path!r}")
+    return segs
+
+
+def _uid(value: str) -> str:
+    if not is_uid(value):
+        raise bad_request("invalid_uid", "malformed UID", f"{value[:80]!r}")
+    return value
+
+
+def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resource:
+    """`path` is relative to /dicom-web; raises 404/405/400 `GatewayError`s."""
+    s = _segments(path)
+    n = len(s)
+    retrieve_query = _retrieve_query(query)
+
+    def need(allowed: str) -> None:
+        methods = {m.strip() for m in allowed.split(",")}
+        if method not in methods:
+            raise method_not_allowed(allowed)
+
+    # Searches across the whole archive.
+    if n == 1 and s[0] == "studies":
+        if method == "POST":
+            return Resource(Transaction.STORE_INSTANCES)
+        need("GET, HEAD, POST")
+        return Resource(Transaction.SEARCH_FOR_STUDIES, query=parse_qido(query, max_limit))
+    if n == 1 and s[0] in ("series", "instances"):
+        need(_GET)
+        t = Transaction.SEARCH_FOR_SERIES if s[0] == "series" else Transaction.SEARCH_FOR_INSTANCES
+        return Resource(t, query=parse_qido(query, max_limit))
+    if n < 2 or s[0] != "studies":
+        raise not_found(f"no route {path!r}")
+
+    study = _uid(s[1])
+    if n == 2:
+        if method == "POST":
+            return Resource(Transaction.STORE_INSTANCES, study)
+        if method == "DELETE":
+            return Resource(Transaction.DELETE_STUDY, study)
+        need("GET, HEAD, POST, DELETE")
+        return Resource(Transaction.RETRIEVE_STUDY, study, raw_query=retrieve_query)
+    if n == 3:
+        leaf = {
+            "metadata": Transaction.RETRIEVE_STUDY_METADATA,
+            "rendered": Transaction.RETRIEVE_RENDERED_STUDY,
+            "thumbnail": Transaction.RETRIEVE_STUDY_THUMBNAIL,
+        }.get(s[2])
+        if s[2] in ("series", "instances"):
+            need(_GET)
+            t = (
+                Transaction.SEARCH_FOR_SERIES
+                if s[2] == "series"
+                else Transaction.SEARCH_FOR_INSTANCES
+            )
+            return Resource(t, study, query=parse_qido(query, max_limit))
+        if leaf is None:
+            raise not_found(f"no route {path!r}")
+        need(_GET)
+        return Resource(leaf, study, raw_query=retrieve_query)
+    if s[2] != "series":
+        raise not_found(f"no route {path!r}")
+    series = _uid(s[3])
+    if n == 4:
+        if method == "DELETE":
+            return Resource(Transaction.DELETE_SERIES, study, series)
+        need("GET, HEAD, DELETE")
+        return Resource(Transaction.RETRIEVE_SERIES, study, series, raw_query=retrieve_query)
+    if n == 5:
+        if s[4] == "instances":
+            need(_GET)
+            return Resource(
+                Transaction.SEARCH_FOR_INSTANCES, study, series, query=parse_qido(query, max_limit)
+            )
+        leaf = {
+            "metadata": Transaction.RETRIEVE_SERIES_METADATA,
+            "rendered": Transaction.RETRIEVE_RENDERED_SERIES,
+            "thumbnail": Transaction.RETRIEVE_SERIES_THUMBNAIL,
+        }.get(s[4])
+        if leaf is None:
+            raise not_found(f"no route {path!r}")
+        need(_GET)
+        return Resource(leaf, study, series, raw_query=retrieve_query)
+    if s[4] != "instances":
+        raise not_found(f"no route {path!r}")
+    instance = _uid(s[5])
+    need(_GET)
+    if n == 6:
+        return Resource(
+            Transaction.RETRIEVE_INSTANCE, study, series, instance, raw_query=retrieve_query
+        )
+    if n == 7:
+        leaf = {
+            "metadata": Transaction.RETRIEVE_INSTANCE_METADATA,
+            "rendered": Transaction.RETRIEVE_RENDERED_INSTANCE,
+            "thumbnail": Transaction.RETRIEVE_INSTANCE_THUMBNAIL,
+        }.get(s[6])
+        if leaf is None:
+            raise not_found(f"no route {path!r}")
+        return Resource(leaf, study, series, instance, raw_query=retrieve_query)
+    if s[6] == "frames" and n in (8, 9):
+        if not _FRAMES.match(s[7]):
+            raise bad_request("invalid_frames", "malformed frame list", s[7][:80])
+        frames = tuple(int(f) for f in s[7].split(","))
+        if n == 8:
+            return Resource(
+                Transaction.RETRIEVE_FRAMES,
+                study,
+                series,
+                instance,
+                frames,
+                raw_query=retrieve_query,
+            )
+        if s[8] == "rendered":
+            return Resource(
+                Transaction.RETRIEVE_RENDERED_FRAMES,
+                study,
+                series,
+                instance,
+                frames,
+                raw_query=retrieve_query,
+            )
+    if s[6] == "bulk" and n >= 8:
+        bulk = "/".join(s[7:])
+        if not _BULK.match(bulk):
+            raise not_found(f"bad bulk data path {bulk!r}")
+        return Resource(
+            Transaction.RETRIEVE_BULKDATA, study, series, instance, bulk_path=bulk.upper()
+        )
+    raise not_found(f"no route {path!r}")
+
+
+# Retrieve parameters (PS3.18 8.3.5 and 8.3.3.1 for rendered): allow-listed, re-encoded.
+_RETRIEVE_PARAMS = {
+    "quality": re.compile(r"^(100|[1-9]?[0-9])$"),
+    "viewport": re.compile(r"^[0-9]{1,5},[0-9]{1,5}$"),
+    "accept": re.compile(r"^[A-Za-z0-9.+/\-;= \"]{1,200}$"),
+}
+
+
+def _retrieve_query(query: str) -> str:
+    out: list[str] = []
+    for key, value in parse_query_string(query):
+        pattern = _RETRIEVE_PARAMS.get(key)
+        if pattern is None or not pattern.match(value):
+            raise bad_request("unsupported_parameter", "unsupported query parameter", key)
+        if key == "accept":
+            continue  # content negotiation happens through the Accept header only
+        out.append(f"{key}={value}")
+    return "&".join(out)
+
+
+# WADO-URI (PS3.18 9.1): the keys a client may send; anything else is 400.
+_WADO_URI_KEYS = frozenset(
+    {
+        "requestType",
+        "studyUID",
+        "seriesUID",
+        "objectUID",
+        "contentType",
+        "transferSyntax",
+        "frameNumber",
+        "rows",
+        "columns",
+        "anonymize",
+        "charset",
+    }
+)
+
+
+def parse_wado_uri(method: str, query: str) -> Resource:
+    if method not in ("GET", "HEAD"):
+        raise method_not_allowed(_GET)
+    args: dict[str, str] = {}
+    for key, value in parse_query_string(query):
+        if key not in _WADO_URI_KEYS:
+            raise bad_request("unsupported_parameter", "unsupported query parameter", key)
+        if key in args:
+            raise bad_request("invalid_query", "malformed query", f"repeated {key}")
+        args[key] = value
+    if args.get("requestType") != "WADO":
+        raise bad_request("invalid_query", "malformed query", "requestType must be WADO")
+    if "anonymize" in args:
+        raise bad_request("unsupported_parameter", "unsupported query parameter", "anonymize")
+    uids = [args.get("studyUID", ""), args.get("seriesUID", ""), args.get("objectUID", "")]
+    for uid in uids:
+        _uid(uid)
+    for key in ("contentType", "transferSyntax", "charset"):
+        if key in args and not re.match(r"^[A-Za-z0-9.+/\-;=*, ]{1,200}$", args[key]):
+            raise bad_request("invalid_query", "malformed query", f"bad {key}")
+    for key in ("frameNumber", "rows", "columns"):
+        if key in args and not re.match(r"^[1-9][0-9]{0,5}$", args[key]):
+            raise bad_request("invalid_query", "malformed query", f"bad {key}")
+    canonical = "&".join(f"{k}={args[k].replace(' ', '%20')}" for k in sorted(args))
+    return Resource(Transaction.RETRIEVE_WADO_URI, uids[0], uids[1], uids[2], raw_query=canonical)

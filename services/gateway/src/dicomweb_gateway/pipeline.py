@@ -1,0 +1,101 @@
+"""The per-request pipeline every protected route runs through (ARCHITECTURE section 4).
+
+context -> rate limit -> authenticate -> (route: resolve owner, authorize, forward, rewrite)
+-> respond; audit `record(ctx)` at the end of every request, allowed or denied, and errors
+turned into responses in one place (http.error_response). Other packages' routes (admin,
+audit) call `guarded` too so they get the same authentication, limits and audit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .context import Action, RequestContext
+from .errors import GatewayError
+from .http import error_response
+from .observe import log_request
+
+log = logging.getLogger("dicomweb_gateway")
+
+Handler = Callable[[RequestContext], Awaitable[Response]]
+
+
+def new_context(request: Request, transaction: str | None, action: Action | None) -> RequestContext:
+    client = request.client
+    return RequestContext(
+        request_id=uuid.uuid4().hex,
+        method=request.method,
+        path=request.url.path,
+        client_ip=client.host if client else "",
+        query=request.url.query,
+        transaction=transaction,
+        action=action,
+    )
+
+
+def public_url(request: Request) -> str:
+    """The URL a DPoP proof's `htu` must name: the configured origin, never the Host header."""
+    settings = request.app.state.settings
+    return str(settings.public_url) + request.url.path
+
+
+async def authenticate(request: Request, ctx: RequestContext) -> None:
+    state = request.app.state
+    try:
+        ctx.principal = await state.authenticator.authenticate(
+            request.headers, request.method, public_url(request), request.url.query
+        )
+    except GatewayError:
+        # Failed attempts count against the address (AP-3): a flood of forged tokens is 429.
+        state.rate_limiter.check("ip:" + ctx.client_ip)
+        raise
+    state.rate_limiter.check("client:" + ctx.principal.client_id)
+
+
+async def guarded(
+    request: Request,
+    handler: Handler,
+    *,
+    transaction: str | None = None,
+    action: Action | None = None,
+    ctx: RequestContext | None = None,
+    authenticated: bool = True,
+) -> Response:
+    """Run `handler` for an authenticated request; always audit; errors become responses."""
+    started = time.perf_counter()
+    if ctx is None:
+        ctx = new_context(request, transaction, action)
+    auditor = request.app.state.auditor
+    try:
+        if authenticated:
+            await authenticate(request, ctx)
+        response = await handler(ctx)
+        ctx.status = response.status_code
+    except GatewayError as error:
+        ctx.status = error.status
+        ctx.error_code = error.code
+        ctx.error_detail = error.detail
+        response = error_response(error, ctx.request_id)
+    except Exception:  # the last line of defence: nothing internal leaves (AP-6)
+        log.exception("unhandled error", extra={"fields": {"request_id": ctx.request_id}})
+        ctx.status = 500
+        ctx.error_code = "internal_error"
+        ctx.error_detail = "unhandled exception"
+        response = error_response(
+            GatewayError(500, "internal_error", "internal error"), ctx.request_id
+        )
+    response.headers["x-request-id"] = ctx.request_id
+    try:
+        await auditor.record(ctx)
+    except Exception:
+        # Audit is a notification and never changes the outcome; the store's health is checked
+        # by preflight() before anything is forwarded.
+        log.exception("audit record failed", extra={"fields": {"request_id": ctx.request_id}})
+    log_request(ctx, time.perf_counter() - started)
+    return response

@@ -1,0 +1,90 @@
+"""The DPoP `jti` replay cache (RFC 9449 section 11.1), shared by every worker process.
+
+It lives in the gateway's SQL database (`database_url`) rather than in process memory: with
+several uvicorn workers a proof replayed to another worker must still be refused (ID-5).
+"""
+
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+_metadata = sa.MetaData()
+dpop_jti = sa.Table(
+    "dpop_jti",
+    _metadata,
+    sa.Column("key", sa.String(400), primary_key=True),
+    sa.Column("expires_at", sa.Float, nullable=False, index=True),
+)
+
+
+def async_url(url: str) -> str:
+    """sqlite:///x -> sqlite+aiosqlite:///x; postgresql:// -> postgresql+asyncpg://."""
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    if url.startswith("postgresql://"):
+        return "postgresql+asyncpg://" + url[len("postgresql://") :]
+    return url
+
+
+def make_engine(url: str) -> AsyncEngine:
+    engine = create_async_engine(async_url(url), pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_connection: object, _record: object) -> None:
+            cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+            # Several worker processes share the file: WAL and a busy timeout, not errors.
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+    return engine
+
+
+class SqlReplayCache:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._ready = False
+        self._last_purge = 0.0
+
+    async def setup(self) -> None:
+        async with self._engine.begin() as conn:
+            await conn.run_sync(_metadata.create_all)
+        self._ready = True
+
+    async def first_use(self, key: str, expires_at: float) -> bool:
+        if not self._ready:
+            await self.setup()
+        now = time.time()
+        async with self._engine.begin() as conn:
+            if now - self._last_purge > 30:
+                self._last_purge = now
+                await conn.execute(sa.delete(dpop_jti).where(dpop_jti.c.expires_at < now))
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(sa.insert(dpop_jti).values(key=key, expires_at=expires_at))
+            except IntegrityError:
+                row = await conn.execute(
+                    sa.select(dpop_jti.c.expires_at).where(dpop_jti.c.key == key)
+                )
+                expiry = row.scalar_one_or_none()
+                if expiry is not None and expiry < now:
+                    await conn.execute(
+                        sa.update(dpop_jti)
+                        .where(dpop_jti.c.key == key)
+                        .values(expires_at=expires_at)
+                    )
+                    return True
+                return False
+        return True
+
+    async def ping(self) -> None:
+        async with self._engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self._engine.dispose()

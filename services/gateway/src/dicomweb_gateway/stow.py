@@ -1,0 +1,217 @@
+"""STOW-RS request validation (PS3.18 10.5) before anything reaches the archive.
+
+Every part is parsed with pydicom. Parts that are not DICOM, lack UIDs, name another study than
+the one in a study-specific URL, or carry an executable preamble (CVE-2019-11687) are refused
+one by one in the Failed SOP Sequence; the rest are stored. Parts sent on have a zero preamble.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass, field
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from .errors import GatewayError, bad_request
+from .parse import is_uid
+from .preamble import PREAMBLE, executable_kind, has_file_header, zeroed
+
+# PS3.18 table 10.5.3-2 / PS3.4 B.2.3 failure reasons.
+CANNOT_UNDERSTAND = 0xC000
+DATA_SET_DOES_NOT_MATCH = 0xA900  # used for a study UID other than the one in the URL
+REFUSED_NOT_AUTHORIZED = 0x0124  # PS3.7 C "Refused: Not Authorized"
+PROCESSING_FAILURE = 0x0110
+
+_BOUNDARY = re.compile(r'boundary="?([^";,]{1,200})"?', re.IGNORECASE)
+_TYPE = re.compile(r'type="?([^";,]+)"?', re.IGNORECASE)
+_MAX_PARTS = 10000
+
+
+def payload_too_large(detail: str) -> GatewayError:
+    return GatewayError(413, "payload_too_large", "request body too large", detail)
+
+
+def unsupported_media_type(detail: str) -> GatewayError:
+    return GatewayError(415, "unsupported_media_type", "unsupported media type", detail)
+
+
+@dataclass
+class Part:
+    data: bytes
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    patient_id: str | None = None
+    failure: int | None = None
+    reason: str = ""
+
+
+@dataclass
+class StowRequest:
+    parts: list[Part]
+    alerts: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> list[Part]:
+        return [p for p in self.parts if p.failure is None]
+
+
+def boundary_of(content_type: str) -> bytes:
+    """PS3.18 10.5.1.2: multipart/related; type="application/dicom"; boundary=..."""
+    lowered = content_type.lower()
+    if not lowered.startswith("multipart/related"):
+        raise unsupported_media_type(f"content type {content_type[:100]!r}")
+    kind = _TYPE.search(content_type)
+    if kind and kind.group(1).lower() != "application/dicom":
+        raise unsupported_media_type(f"part type {kind.group(1)[:100]!r}")
+    match = _BOUNDARY.search(content_type)
+    if not match:
+        raise bad_request("invalid_multipart", "malformed multipart body", "no boundary")
+    return match.group(1).encode("ascii", "replace")
+
+
+def split_multipart(body: bytes, boundary: bytes) -> list[tuple[dict[str, str], bytes]]:
+    """RFC 2046 5.1.1: parts between `--boundary` lines; CRLF before a delimiter belongs to it."""
+    delimiter = b"--" + boundary
+    if body.startswith(delimiter):
+        body = b"\r\n" + body
+    pieces = body.split(b"\r\n" + delimiter)
+    if len(pieces) < 3 and not (len(pieces) == 2 and pieces[1].startswith(b"--")):
+        raise bad_request("invalid_multipart", "malformed multipart body", "no parts")
+    parts: list[tuple[dict[str, str], bytes]] = []
+    closed = False
+    for piece in pieces[1:]:
+        if piece.startswith(b"--"):
+            closed = True
+            break
+        if len(parts) >= _MAX_PARTS:
+            raise bad_request("invalid_multipart", "malformed multipart body", "too many parts")
+        head, sep, data = piece.partition(b"\r\n\r\n")
+        if not sep:
+            raise bad_request("invalid_multipart", "malformed multipart body", "part headers")
+        headers: dict[str, str] = {}
+        for line in head.split(b"\r\n"):
+            name, colon, value = line.partition(b":")
+            if colon:
+                headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        parts.append((headers, data))
+    if not closed:
+        raise bad_request("invalid_multipart", "malformed multipart body", "no close delimiter")
+    return parts
+
+
+def _fail(part: Part, code: int, reason: str) -> Part:
+    part.failure = code
+    part.reason = reason
+    return part
+
+
+def validate_part(
+    headers: dict[str, str],
+    data: bytes,
+    index: int,
+    study_in_url: str | None,
+    zero: bool,
+    alerts: list[tuple[str, str]],
+) -> Part:
+    part = Part(data)
+    content_type = headers.get("content-type", "application/dicom").split(";")[0].strip()
+    if content_type.lower() != "application/dicom":
+        return _fail(part, CANNOT_UNDERSTAND, f"part {index}: content type {content_type!r}")
+    if not has_file_header(data):
+        return _fail(part, CANNOT_UNDERSTAND, f"part {index}: no PS3.10 file header")
+    kind = executable_kind(data[:PREAMBLE])
+    if kind is not None:
+        alerts.append(("preamble", f"{kind} header in the preamble of part {index}"))
+        if not zero:
+            _fail(part, CANNOT_UNDERSTAND, f"part {index}: {kind} preamble refused")
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError, AttributeError):
+        return _fail(part, CANNOT_UNDERSTAND, f"part {index}: not parseable DICOM")
+    part.sop_class_uid = _uid_of(ds, "SOPClassUID")
+    part.sop_instance_uid = _uid_of(ds, "SOPInstanceUID")
+    part.study_instance_uid = _uid_of(ds, "StudyInstanceUID")
+    patient_id = ds.get("PatientID")
+    part.patient_id = str(patient_id) if patient_id else None
+    if part.failure is not None:
+        return part
+    series = _uid_of(ds, "SeriesInstanceUID")
+    if not (part.sop_class_uid and part.sop_instance_uid and part.study_instance_uid and series):
+        return _fail(part, CANNOT_UNDERSTAND, f"part {index}: missing or malformed UIDs")
+    meta_sop = str(ds.file_meta.get("MediaStorageSOPInstanceUID", part.sop_instance_uid))
+    if meta_sop != part.sop_instance_uid:
+        return _fail(part, CANNOT_UNDERSTAND, f"part {index}: file meta SOP UID differs")
+    if study_in_url is not None and part.study_instance_uid != study_in_url:
+        return _fail(part, DATA_SET_DOES_NOT_MATCH, f"part {index}: study UID differs from URL")
+    part.data = zeroed(data)
+    return part
+
+
+def _uid_of(ds: pydicom.Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    text = str(value).strip("\0 ")
+    return text if is_uid(text) else None
+
+
+def parse_stow(
+    content_type: str, body: bytes, study_in_url: str | None, zero_preamble: bool
+) -> StowRequest:
+    boundary = boundary_of(content_type)
+    request = StowRequest([])
+    for index, (headers, data) in enumerate(split_multipart(body, boundary), start=1):
+        request.parts.append(
+            validate_part(headers, data, index, study_in_url, zero_preamble, request.alerts)
+        )
+    return request
+
+
+def encode_multipart(parts: list[Part], boundary: bytes) -> bytes:
+    out = bytearray()
+    for part in parts:
+        out += b"--" + boundary + b"\r\nContent-Type: application/dicom\r\n\r\n"
+        out += part.data + b"\r\n"
+    out += b"--" + boundary + b"--\r\n"
+    return bytes(out)
+
+
+def failed_sop_item(part: Part) -> dict[str, object]:
+    """One item of the Failed SOP Sequence (0008,1198), PS3.18 table 10.5.3-2."""
+    item: dict[str, object] = {"00081197": {"vr": "US", "Value": [part.failure]}}
+    if part.sop_class_uid:
+        item["00081150"] = {"vr": "UI", "Value": [part.sop_class_uid]}
+    if part.sop_instance_uid:
+        item["00081155"] = {"vr": "UI", "Value": [part.sop_instance_uid]}
+    return item
+
+
+def merge_response(archive: dict[str, object] | None, refused: list[Part]) -> dict[str, object]:
+    """Add the gateway's refusals to the archive's store response."""
+    response: dict[str, object] = dict(archive or {})
+    if refused:
+        failed = response.get("00081198")
+        items: list[object] = []
+        if isinstance(failed, dict) and isinstance(failed.get("Value"), list):
+            items = list(failed["Value"])
+        items.extend(failed_sop_item(p) for p in refused)
+        response["00081198"] = {"vr": "SQ", "Value": items}
+    return response
+
+
+def store_status(response: dict[str, object]) -> int:
+    """PS3.18 10.5.3: 200 all stored, 202 some failed, 409 none stored."""
+
+    def count(tag: str) -> int:
+        element = response.get(tag)
+        if isinstance(element, dict) and isinstance(element.get("Value"), list):
+            return len(element["Value"])
+        return 0
+
+    stored, failed = count("00081199"), count("00081198")
+    if failed == 0:
+        return 200
+    return 202 if stored else 409
