@@ -88,16 +88,28 @@ ALERT_TYPES: dict[str, Code] = {
     "step_up": USE_OF_RESTRICTED_FUNCTION,
     # a STOW part carried an executable preamble (CVE-2019-11687)
     "preamble": USE_OF_RESTRICTED_FUNCTION,
-    "break_glass": EMERGENCY_OVERRIDE_STARTED,
-    "labels": OBJECT_SECURITY_ATTRIBUTES_CHANGED,
-    "policy": SECURITY_CONFIGURATION,
+    # kinds the admin API puts in ctx.alerts
+    "emergency-override": EMERGENCY_OVERRIDE_STARTED,
+    "object-security-attributes-changed": OBJECT_SECURITY_ATTRIBUTES_CHANGED,
+    "security-configuration": SECURITY_CONFIGURATION,
+}
+CID_403 = {
+    code.code: code
+    for code in (
+        NODE_AUTHENTICATION,
+        EMERGENCY_OVERRIDE_STARTED,
+        SECURITY_CONFIGURATION,
+        USE_OF_RESTRICTED_FUNCTION,
+        OBJECT_SECURITY_ATTRIBUTES_CHANGED,
+    )
 }
 
 _AUTHENTICATION_ERRORS = frozenset({"unauthorized", "invalid_token", "invalid_request"})
 _DPOP_ERRORS = frozenset({"invalid_dpop_proof", "use_dpop_nonce"})
 _STEP_UP_ERRORS = frozenset({"insufficient_user_authentication"})
 
-BREAK_GLASS_KEY = "break_glass"  # ctx.extra key set by the break-glass admin API
+# ctx.extra key the admin API sets: {"event_type": "110127" | "110135", "reason": ..., ...}
+SECURITY_EVENT_KEY = "security_event"
 
 
 @dataclass(frozen=True)
@@ -162,23 +174,13 @@ def alert_kinds(ctx: RequestContext) -> list[tuple[str, str]]:
         why = ",".join(r for d in denied for r in d.reasons) or reason
         kinds.append(("denied", why))
     kinds.extend((kind, text) for kind, text in ctx.alerts)
-    if isinstance(ctx.extra.get(BREAK_GLASS_KEY), dict) and not kinds and _ok(ctx):
-        kinds.append(("break_glass", _break_glass_reason(ctx)))
-    if ctx.action is Action.ADMIN and not kinds and _ok(ctx):
-        kinds.append(("labels", ctx.transaction or "labels changed"))
+    event = ctx.extra.get(SECURITY_EVENT_KEY)
+    if isinstance(event, dict) and not kinds:
+        # An admin event without a matching alert: its CID 403 code names the kind.
+        code = CID_403.get(str(event.get("event_type")))
+        kind = next((k for k, v in ALERT_TYPES.items() if v == code), "security-configuration")
+        kinds.append((kind, str(event.get("reason", ""))))
     return kinds
-
-
-def _ok(ctx: RequestContext) -> bool:
-    return ctx.status is not None and ctx.status < 400
-
-
-def _break_glass_reason(ctx: RequestContext) -> str:
-    grant = ctx.extra.get(BREAK_GLASS_KEY)
-    if not isinstance(grant, dict):
-        return "break-glass"
-    parts = [f"{k}={grant[k]}" for k in ("reason", "study", "expires_at") if grant.get(k)]
-    return "break-glass " + " ".join(parts)
 
 
 def messages_for(ctx: RequestContext, who: Participants, now: datetime) -> list[AuditMessage]:
