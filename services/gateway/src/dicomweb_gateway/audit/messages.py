@@ -177,8 +177,8 @@ def alert_kinds(ctx: RequestContext) -> list[tuple[str, str]]:
     event = ctx.extra.get(SECURITY_EVENT_KEY)
     if isinstance(event, dict) and not kinds:
         # An admin event without a matching alert: its CID 403 code names the kind.
-        code = CID_403.get(str(event.get("event_type")))
-        kind = next((k for k, v in ALERT_TYPES.items() if v == code), "security-configuration")
+        coded = CID_403.get(str(event.get("event_type")))
+        kind = next((k for k, v in ALERT_TYPES.items() if v == coded), "security-configuration")
         kinds.append((kind, str(event.get("reason", ""))))
     return kinds
 
