@@ -11,17 +11,17 @@ for a label change (DICOM PS3.15 A.5.3.11, CID 403).
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .authorize import Authorizer
 from .context import Action, RequestContext, StudyRef
-from .errors import bad_request, missing_credentials, not_found
+from .errors import bad_request, not_found
+from .pipeline import guarded
 from .store import UnknownStudy
 
 # PS3.5 9.1: digits and dots, no leading zero in a component, at most 64 characters.
@@ -34,36 +34,6 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 
 def valid_uid(value: str) -> bool:
     return len(value) <= 64 and _UID.fullmatch(value) is not None
-
-
-async def current_context(request: Request) -> RequestContext:
-    """The request's context with an authenticated principal.
-
-    The gateway's pipeline normally leaves it on `request.state.ctx`; otherwise this
-    authenticates with `app.state.authenticator` itself (the app may also override this
-    dependency with its own)."""
-    ctx = getattr(request.state, "ctx", None)
-    if not isinstance(ctx, RequestContext):
-        ctx = RequestContext(
-            request_id=str(uuid.uuid4()),
-            method=request.method,
-            path=request.url.path,
-            client_ip=request.client.host if request.client else "",
-            query=request.url.query,
-        )
-        request.state.ctx = ctx
-    if ctx.principal is None:
-        authenticator = getattr(request.app.state, "authenticator", None)
-        if authenticator is None:
-            raise missing_credentials()
-        url = str(request.url.replace(query=""))
-        ctx.principal = await authenticator.authenticate(
-            request.headers, request.method, url, request.url.query
-        )
-    return ctx
-
-
-Context = Annotated[RequestContext, Depends(current_context)]
 
 
 def _authorizer(request: Request) -> Authorizer:
@@ -101,8 +71,16 @@ def _check_uid(uid: str) -> None:
 
 
 @router.get("/studies/{study_instance_uid}")
-async def read_study(study_instance_uid: str, request: Request, ctx: Context) -> dict[str, Any]:
-    ctx.action, ctx.transaction = Action.ADMIN, "admin_read_study"
+async def read_study(study_instance_uid: str, request: Request) -> Response:
+    async def handle(ctx: RequestContext) -> Response:
+        return JSONResponse(await _read_study(study_instance_uid, request, ctx))
+
+    return await guarded(request, handle, transaction="admin_read_study", action=Action.ADMIN)
+
+
+async def _read_study(
+    study_instance_uid: str, request: Request, ctx: RequestContext
+) -> dict[str, Any]:
     _check_uid(study_instance_uid)
     authorizer = _authorizer(request)
     await authorizer.check_study(ctx, Action.ADMIN, study_instance_uid)
@@ -127,8 +105,16 @@ async def read_study(study_instance_uid: str, request: Request, ctx: Context) ->
 
 
 @router.patch("/studies/{study_instance_uid}/labels")
-async def change_labels(study_instance_uid: str, request: Request, ctx: Context) -> dict[str, Any]:
-    ctx.action, ctx.transaction = Action.ADMIN, "admin_change_labels"
+async def change_labels(study_instance_uid: str, request: Request) -> Response:
+    async def handle(ctx: RequestContext) -> Response:
+        return JSONResponse(await _change_labels(study_instance_uid, request, ctx))
+
+    return await guarded(request, handle, transaction="admin_change_labels", action=Action.ADMIN)
+
+
+async def _change_labels(
+    study_instance_uid: str, request: Request, ctx: RequestContext
+) -> dict[str, Any]:
     _check_uid(study_instance_uid)
     body = await _body(request, LabelChangeRequest)
     authorizer = _authorizer(request)
@@ -136,6 +122,7 @@ async def change_labels(study_instance_uid: str, request: Request, ctx: Context)
     if unknown:
         raise bad_request("unknown_label", "unknown label", f"unknown labels {unknown}")
     await authorizer.check_study(ctx, Action.ADMIN, study_instance_uid)
+    await request.app.state.auditor.preflight()  # no unaudited change (fail closed)
     try:
         update = await authorizer.store.change_labels(
             study_instance_uid, body.add, body.remove, _who(ctx), body.reason
@@ -165,8 +152,14 @@ async def change_labels(study_instance_uid: str, request: Request, ctx: Context)
 
 
 @router.post("/break-glass", status_code=201)
-async def break_glass(request: Request, ctx: Context) -> JSONResponse:
-    ctx.action, ctx.transaction = Action.BREAK_GLASS, "break_glass"
+async def break_glass(request: Request) -> Response:
+    async def handle(ctx: RequestContext) -> Response:
+        return await _grant(request, ctx)
+
+    return await guarded(request, handle, transaction="break_glass", action=Action.BREAK_GLASS)
+
+
+async def _grant(request: Request, ctx: RequestContext) -> Response:
     body = await _body(request, BreakGlassRequest)
     _check_uid(body.study_instance_uid)
     authorizer = _authorizer(request)
@@ -178,12 +171,14 @@ async def break_glass(request: Request, ctx: Context) -> JSONResponse:
         )
     await authorizer.check_study(ctx, Action.BREAK_GLASS, body.study_instance_uid)
     assert ctx.principal is not None  # check_study denies an anonymous caller
+    await request.app.state.auditor.preflight()  # no unaudited emergency access (fail closed)
     grant = await authorizer.store.grant_break_glass(
         ctx.principal.subject,
         ctx.principal.issuer,
         body.study_instance_uid,
         reason,
         settings.duration_seconds,
+        now=datetime.fromtimestamp(authorizer.clock(), UTC),
     )
     facts = await authorizer.store.study(body.study_instance_uid)
     ctx.add_study(StudyRef(body.study_instance_uid, facts.patient_id))
@@ -206,7 +201,7 @@ async def break_glass(request: Request, ctx: Context) -> JSONResponse:
             "grant_id": grant.id,
             "study_instance_uid": body.study_instance_uid,
             "expires_at": expires_at,
-            "expires_in": int((grant.expires_at - datetime.now(UTC)).total_seconds()),
+            "expires_in": settings.duration_seconds,
         },
         status_code=201,
     )
@@ -217,4 +212,4 @@ def _who(ctx: RequestContext) -> str:
     return f"{principal.subject}@{principal.issuer}" if principal else "unknown"
 
 
-__all__ = ["current_context", "router", "valid_uid"]
+__all__ = ["router", "valid_uid"]

@@ -203,9 +203,15 @@ class PolicyStore:
             return update
 
     async def grant_break_glass(
-        self, subject: str, issuer: str, uid: str, reason: str, duration_seconds: int
+        self,
+        subject: str,
+        issuer: str,
+        uid: str,
+        reason: str,
+        duration_seconds: int,
+        now: datetime | None = None,
     ) -> BreakGlassGrant:
-        now = datetime.now(UTC)
+        now = now or datetime.now(UTC)
         grant = BreakGlassGrant(
             subject=subject,
             issuer=issuer,

@@ -1,0 +1,130 @@
+"""Policy store: migrations, study facts, label history, break-glass grants, feed cursor."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from dicomweb_gateway.store import PolicyStore, UnknownStudy
+from sqlalchemy import create_engine, inspect
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    policy_store = PolicyStore(f"sqlite:///{tmp_path}/gateway.db")
+    policy_store.migrate()
+    yield policy_store
+    await policy_store.close()
+
+
+async def test_migrations_create_the_schema_and_are_idempotent(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/sub/dir/gateway.db"
+    first = PolicyStore(url)
+    first.migrate()
+    first.migrate()  # a second worker starting: nothing to do, no error
+    await first.close()
+    engine = create_engine(url)
+    tables = set(inspect(engine).get_table_names())
+    engine.dispose()
+    assert {
+        "study",
+        "study_label",
+        "label_change",
+        "break_glass_grant",
+        "feed_cursor",
+        "policy_store_alembic_version",
+    } <= tables
+    assert "alembic_version" not in tables  # the shared database keeps other version tables free
+
+
+def test_unsupported_database() -> None:
+    with pytest.raises(ValueError, match="unsupported database"):
+        PolicyStore("mysql://localhost/x")
+
+
+async def test_unknown_study_has_no_facts(store: PolicyStore) -> None:
+    facts = await store.study("1.2.3")
+    assert (facts.known, facts.labels, facts.patient_id) == (False, frozenset(), None)
+
+
+async def test_ingest_adds_labels_and_never_removes(store: PolicyStore) -> None:
+    first = await store.record_ingest("1.2.3", "ZT-P001", {"site:north"}, "stow")
+    assert first.added == {"site:north"}
+    again = await store.record_ingest("1.2.3", "ZT-P001", {"site:north"}, "change-feed")
+    assert again.added == frozenset()
+    more = await store.record_ingest("1.2.3", "ZT-P001", {"vip"}, "change-feed")
+    assert more.after == {"site:north", "vip"}
+    facts = await store.study("1.2.3")
+    assert (facts.known, facts.labels, facts.patient_id) == (
+        True,
+        frozenset({"site:north", "vip"}),
+        "ZT-P001",
+    )
+    history = await store.label_history("1.2.3")
+    assert [(h.via, h.added, h.removed) for h in history] == [
+        ("stow", "site:north", ""),
+        ("change-feed", "vip", ""),
+    ]
+
+
+async def test_unlabelled_study_is_known(store: PolicyStore) -> None:
+    await store.record_ingest("1.2.4", None, set(), "change-feed")
+    facts = await store.study("1.2.4")
+    assert facts.known and facts.labels == frozenset()
+    assert await store.label_history("1.2.4") == []
+
+
+async def test_admin_label_change_is_recorded(store: PolicyStore) -> None:
+    await store.record_ingest("1.2.3", "ZT-P002", {"site:south"}, "stow")
+    update = await store.change_labels("1.2.3", ["legal-hold"], ["site:south"], "admin@idp", "case")
+    assert (update.added, update.removed) == ({"legal-hold"}, {"site:south"})
+    assert (await store.study("1.2.3")).labels == {"legal-hold"}
+    last = (await store.label_history("1.2.3"))[-1]
+    assert (last.changed_by, last.via, last.added, last.removed, last.reason) == (
+        "admin@idp",
+        "admin",
+        "legal-hold",
+        "site:south",
+        "case",
+    )
+
+
+async def test_label_change_on_unknown_study_changes_nothing(store: PolicyStore) -> None:
+    with pytest.raises(UnknownStudy):
+        await store.change_labels("9.9", ["vip"], [], "admin", "x")
+    assert not (await store.study("9.9")).known
+    assert await store.label_history("9.9") == []
+
+
+async def test_break_glass_grant_is_personal_and_expires(store: PolicyStore) -> None:
+    await store.grant_break_glass("er", "iss", "1.2.5", "patient unconscious", 3600)
+    now = datetime.now(UTC)
+    assert await store.active_grants("er", "iss", now) == {"1.2.5"}
+    assert await store.active_grants("er", "other-iss", now) == frozenset()
+    assert await store.active_grants("someone", "iss", now) == frozenset()
+    assert await store.active_grants("er", "iss", now + timedelta(seconds=3601)) == frozenset()
+
+
+async def test_many_studies_at_once(store: PolicyStore) -> None:
+    uids = [f"1.2.{i}" for i in range(1200)]
+    for uid in uids[:3]:
+        await store.record_ingest(uid, None, {"site:north"}, "stow")
+    facts = await store.studies(uids)
+    assert len(facts) == 1200
+    assert sum(f.known for f in facts.values()) == 3
+
+
+async def test_feed_cursor_only_moves_forward(store: PolicyStore) -> None:
+    assert await store.cursor("archive") == 0
+    await store.set_cursor("archive", 10)
+    await store.set_cursor("archive", 4)
+    assert await store.cursor("archive") == 10
+    assert await store.ping()
