@@ -34,6 +34,9 @@
     // 'code' selects oidc-client-ts: authorization code with PKCE (S256), no implicit flow.
     response_type: 'code',
     scope: 'openid profile user/ImagingStudy.rs',
+    // Clinical images need at least password + second factor (OMB M-22-09; CONTROLS ID-3).
+    // A step-up below may raise this to the phishing-resistant level.
+    acr_values: 'urn:zt:acr:mfa',
     // RFC 8707: the access token's audience is the gateway.
     resource: GATEWAY,
     automaticSilentRenew: true,
