@@ -89,7 +89,7 @@ async def stream_response(
     content_type = upstream.headers.get("content-type", "application/octet-stream")
     kind = _dicom_content(content_type)
     headers = response_headers(upstream.headers.items(), keep_length=True)
-    body: AsyncIterator[bytes] = upstream.aiter_raw()
+    body: AsyncIterator[bytes] = upstream.aiter_bytes()
     if kind == "multipart":
         boundary = _boundary(content_type)
         if boundary:

@@ -130,6 +130,7 @@ _UID_KEYS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"
 # `*` `?`, range `-`, name components `^`, UID lists `,`, spaces and dots. Nothing that could
 # break out of a query argument (& = # % + /) survives.
 _VALUE = re.compile(r"^[A-Za-z0-9 ^*?\-.,_:]{0,256}$")
+_KEY = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
 _PARAMS = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
 
 
@@ -194,7 +195,11 @@ def parse_query_string(query: str) -> list[tuple[str, str]]:
         key, sep, value = item.partition("=")
         if not sep:
             raise bad_request("invalid_query", "malformed query", f"argument without '=': {item!r}")
-        pairs.append((_decode(key), _decode(value)))
+        if not _KEY.match(key):
+            # Keywords, tags and parameter names are plain ASCII: an encoded key can only be an
+            # attempt to slip past a filter that does not decode (Orthanc 1.10 drops it, AP-2).
+            raise bad_request("unsupported_key", "unsupported query key", f"key {key[:80]!r}")
+        pairs.append((key, _decode(value)))
     return pairs
 
 
@@ -331,7 +336,6 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
     """`path` is relative to /dicom-web; raises 404/405/400 `GatewayError`s."""
     s = _segments(path)
     n = len(s)
-    retrieve_query = _retrieve_query(query)
 
     def need(allowed: str) -> None:
         methods = {m.strip() for m in allowed.split(",")}
@@ -358,7 +362,7 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
         if method == "DELETE":
             return Resource(Transaction.DELETE_STUDY, study)
         need("GET, HEAD, POST, DELETE")
-        return Resource(Transaction.RETRIEVE_STUDY, study, raw_query=retrieve_query)
+        return Resource(Transaction.RETRIEVE_STUDY, study, raw_query=_retrieve_query(query))
     if n == 3:
         leaf = {
             "metadata": Transaction.RETRIEVE_STUDY_METADATA,
@@ -376,7 +380,7 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
         if leaf is None:
             raise not_found(f"no route {path!r}")
         need(_GET)
-        return Resource(leaf, study, raw_query=retrieve_query)
+        return Resource(leaf, study, raw_query=_retrieve_query(query))
     if s[2] != "series":
         raise not_found(f"no route {path!r}")
     series = _uid(s[3])
@@ -384,7 +388,9 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
         if method == "DELETE":
             return Resource(Transaction.DELETE_SERIES, study, series)
         need("GET, HEAD, DELETE")
-        return Resource(Transaction.RETRIEVE_SERIES, study, series, raw_query=retrieve_query)
+        return Resource(
+            Transaction.RETRIEVE_SERIES, study, series, raw_query=_retrieve_query(query)
+        )
     if n == 5:
         if s[4] == "instances":
             need(_GET)
@@ -399,14 +405,14 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
         if leaf is None:
             raise not_found(f"no route {path!r}")
         need(_GET)
-        return Resource(leaf, study, series, raw_query=retrieve_query)
+        return Resource(leaf, study, series, raw_query=_retrieve_query(query))
     if s[4] != "instances":
         raise not_found(f"no route {path!r}")
     instance = _uid(s[5])
     need(_GET)
     if n == 6:
         return Resource(
-            Transaction.RETRIEVE_INSTANCE, study, series, instance, raw_query=retrieve_query
+            Transaction.RETRIEVE_INSTANCE, study, series, instance, raw_query=_retrieve_query(query)
         )
     if n == 7:
         leaf = {
@@ -416,7 +422,7 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
         }.get(s[6])
         if leaf is None:
             raise not_found(f"no route {path!r}")
-        return Resource(leaf, study, series, instance, raw_query=retrieve_query)
+        return Resource(leaf, study, series, instance, raw_query=_retrieve_query(query))
     if s[6] == "frames" and n in (8, 9):
         if not _FRAMES.match(s[7]):
             raise bad_request("invalid_frames", "malformed frame list", s[7][:80])
@@ -428,7 +434,7 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
                 series,
                 instance,
                 frames,
-                raw_query=retrieve_query,
+                raw_query=_retrieve_query(query),
             )
         if s[8] == "rendered":
             return Resource(
@@ -437,7 +443,7 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
                 series,
                 instance,
                 frames,
-                raw_query=retrieve_query,
+                raw_query=_retrieve_query(query),
             )
     if s[6] == "bulk" and n >= 8:
         bulk = "/".join(s[7:])

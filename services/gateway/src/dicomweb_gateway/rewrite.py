@@ -58,7 +58,8 @@ def _variants(origin: bytes) -> list[bytes]:
         hosts.append(b"127.0.0.1" + rest[len(b"localhost") :])
     elif rest.startswith(b"127.0.0.1"):
         hosts.append(b"localhost" + rest[len(b"127.0.0.1") :])
-    return [s + b"://" + h for s in (b"https", b"http") for h in hosts] + [scheme]
+    del scheme
+    return [s + b"://" + h for s in (b"https", b"http") for h in hosts]
 
 
 def study_of(item: dict[str, Any]) -> str | None:

@@ -1,0 +1,348 @@
+"""Test doubles for the gateway's unit tests: settings files, an IdP with its own test keys and
+JWKS served by httpx.MockTransport, DPoP proofs, DICOM files, and a fake archive."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import io
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from dicomweb_gateway.settings import Settings, parse_settings
+from joserfc import jws
+from joserfc.jwk import ECKey
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+PUBLIC_URL = "https://gateway.test:8443"
+ISSUER = "https://idp.test:9443/realms/dicomweb"
+ARCHIVE_URL = "https://archive.test:8042"
+
+
+def _self_signed(path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.with_suffix(".key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def settings_dict(tmp: Path) -> dict[str, Any]:
+    (tmp / "pki").mkdir(exist_ok=True)
+    (tmp / "secrets").mkdir(exist_ok=True)
+    ca = tmp / "pki" / "ca.pem"
+    if not ca.exists():
+        _self_signed(ca)
+    (tmp / "secrets" / "archive-password").write_text("Zr8#kq2LmV9xTq4w!aB7\n")
+    return {
+        "profile": "demo",
+        "public_url": PUBLIC_URL,
+        "listen": {"host": "127.0.0.1", "port": 8443},
+        "tls": {"cert": str(ca), "key": str(ca.with_suffix(".key"))},
+        "workers": 1,
+        "run_dir": str(tmp),
+        "oidc": {
+            "issuer": ISSUER,
+            "ca_cert": str(ca),
+            "algorithms": ["ES256", "PS256"],
+            "leeway_seconds": 30,
+            "max_token_lifetime_seconds": 300,
+            "jwks_min_refresh_seconds": 30,
+        },
+        "dpop": {"algorithms": ["ES256", "PS256"], "iat_window_seconds": 60},
+        "archive": {
+            "kind": "orthanc",
+            "url": ARCHIVE_URL,
+            "username": "gateway",
+            "password_file": str(tmp / "secrets" / "archive-password"),
+            "ca_cert": str(ca),
+            "timeout_seconds": 5,
+        },
+        "database_url": f"sqlite:///{tmp}/gateway.db",
+        "policy": {"file": str(tmp / "policy.yaml")},
+        "audit": {"database_url": f"sqlite:///{tmp}/audit.db"},
+        "limits": {
+            "qido_max_limit": 100,
+            "stow_max_bytes": 1_000_000,
+            "requests_per_minute": 6000,
+            "preamble_policy": "reject",
+        },
+        "viewer": {"dist_dir": None},
+    }
+
+
+def make_settings(tmp: Path, **overrides: Any) -> Settings:
+    data = settings_dict(tmp)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    path = tmp / "settings.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return parse_settings(data, path)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+# ---------------------------------------------------------------- identity provider
+
+
+@dataclass
+class FakeIdp:
+    """Mints RFC 9068 tokens with its own key and serves discovery + JWKS."""
+
+    key: ECKey = field(default_factory=lambda: ECKey.generate_key("P-256", {"kid": "k1"}))
+    jwks_fetches: int = 0
+    down: bool = False
+
+    def transport(self) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            if self.down:
+                raise httpx.ConnectError("idp down", request=request)
+            if request.url.path.endswith("/.well-known/openid-configuration"):
+                return httpx.Response(200, json={"issuer": ISSUER, "jwks_uri": ISSUER + "/jwks"})
+            if request.url.path.endswith("/jwks"):
+                self.jwks_fetches += 1
+                public = self.key.as_dict(private=False)
+                public["kid"] = self.key.kid
+                public["use"] = "sig"
+                return httpx.Response(200, json={"keys": [public]})
+            return httpx.Response(404)
+
+        return httpx.MockTransport(handler)
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "sub": "user-1",
+            "aud": PUBLIC_URL,
+            "exp": now + 300,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "client_id": "dicomweb-cli",
+            "scope": "openid user/ImagingStudy.rs user/ImagingStudy.c user/ImagingStudy.d",
+        }
+        claims.update(overrides)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def token(self, header: dict[str, Any] | None = None, key: Any = None, **claims: Any) -> str:
+        head = {"alg": "ES256", "typ": "at+jwt", "kid": self.key.kid}
+        head.update(header or {})
+        head = {k: v for k, v in head.items() if v is not None}
+        payload = json.dumps(self.claims(**claims)).encode()
+        return jws.serialize_compact(head, payload, key or self.key, algorithms=[head["alg"]])
+
+
+def dpop_proof(
+    key: ECKey, method: str, url: str, token: str | None = None, **overrides: Any
+) -> str:
+    public = key.as_dict(private=False)
+    header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": public}
+    header.update(overrides.pop("header", {}))
+    claims: dict[str, Any] = {
+        "jti": uuid.uuid4().hex,
+        "htm": method,
+        "htu": url,
+        "iat": int(time.time()),
+    }
+    if token is not None:
+        claims["ath"] = b64url(hashlib.sha256(token.encode()).digest())
+    claims.update(overrides)
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jws.serialize_compact(
+        header, json.dumps(claims).encode(), key, algorithms=[header["alg"]]
+    )
+
+
+# ---------------------------------------------------------------- DICOM files
+
+
+def dicom_file(
+    study: str | None = None,
+    series: str | None = None,
+    sop: str | None = None,
+    patient_id: str = "ZT-P001",
+    preamble: bytes | None = None,
+    pixel: bytes = bytes(range(16)),
+) -> bytes:
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = sop or generate_uid()
+    ds.StudyInstanceUID = study or generate_uid()
+    ds.SeriesInstanceUID = series or generate_uid()
+    ds.PatientID = patient_id
+    ds.PatientName = "North^Alice"
+    ds.Modality = "OT"
+    ds.Rows = 4
+    ds.Columns = 4
+    ds.BitsAllocated = 8
+    ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = pixel
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    data = out.getvalue()
+    if preamble is not None:
+        data = preamble.ljust(128, b"\0")[:128] + data[128:]
+    return data
+
+
+def multipart(parts: list[bytes], boundary: str = "XyZ123") -> tuple[str, bytes]:
+    body = b""
+    for part in parts:
+        body += f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        body += part + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return f'multipart/related; type="application/dicom"; boundary={boundary}', body
+
+
+PE_PREAMBLE = b"MZ" + bytes(0x3A) + (0x40).to_bytes(4, "little") + b"PE\0\0"
+
+
+# ---------------------------------------------------------------- archive
+
+
+def element(vr: str, value: str) -> dict[str, Any]:
+    return {"vr": vr, "Value": [value]}
+
+
+@dataclass
+class FakeArchive:
+    """An Orthanc look-alike: knows studies -> series -> instances; records every request."""
+
+    studies: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    patients: dict[str, str] = field(default_factory=dict)
+    requests: list[httpx.Request] = field(default_factory=list)
+    handler_override: Callable[[httpx.Request], httpx.Response | None] | None = None
+
+    def add(self, study: str, series: str, sop: str, patient: str = "ZT-P001") -> None:
+        self.studies.setdefault(study, {}).setdefault(series, []).append(sop)
+        self.patients[study] = patient
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    def study_item(self, study: str) -> dict[str, Any]:
+        return {
+            "0020000D": element("UI", study),
+            "00100020": element("LO", self.patients[study]),
+            "00081190": element("UR", f"{ARCHIVE_URL}/dicom-web/studies/{study}"),
+        }
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.handler_override is not None:
+            answer = self.handler_override(request)
+            if answer is not None:
+                return answer
+        path = request.url.path
+        params = dict(httpx.QueryParams(request.url.query))
+        headers = {"Server": "Orthanc/1.10.1", "X-Orthanc-Version": "1.10.1"}
+        if path == "/dicom-web/studies" and request.method == "GET":
+            items = [
+                self.study_item(s)
+                for s in self.studies
+                if "StudyInstanceUID" not in params or params["StudyInstanceUID"] == s
+            ]
+            return httpx.Response(200, json=items, headers=headers)
+        if path == "/dicom-web/series" and request.method == "GET":
+            uid = params.get("SeriesInstanceUID")
+            items = [
+                self.study_item(s) | {"0020000E": element("UI", se)}
+                for s, series in self.studies.items()
+                for se in series
+                if uid is None or uid == se
+            ]
+            return httpx.Response(200, json=items, headers=headers)
+        if path == "/dicom-web/instances" and request.method == "GET":
+            uid = params.get("SOPInstanceUID")
+            items = [
+                self.study_item(s) | {"00080018": element("UI", i)}
+                for s, series in self.studies.items()
+                for se in series.values()
+                for i in se
+                if uid is None or uid == i
+            ]
+            return httpx.Response(200, json=items, headers=headers)
+        if path.endswith("/metadata"):
+            study = path.split("/")[3]
+            body = json.dumps([self.study_item(study)]).encode()
+            return httpx.Response(
+                200, content=body, headers=headers | {"Content-Type": "application/dicom+json"}
+            )
+        if path.startswith("/dicom-web/studies") and request.method == "POST":
+            return httpx.Response(
+                200, json={"00081199": {"vr": "SQ", "Value": [{}]}}, headers=headers
+            )
+        if path.startswith("/dicom-web/studies/") and request.method == "GET":
+            boundary = "ARCHIVEBOUNDARY"
+            body = (
+                f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                + dicom_file(preamble=b"\x7fELF")
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
+            return httpx.Response(
+                200,
+                content=body,
+                headers=headers
+                | {
+                    "Content-Type": f'multipart/related; type="application/dicom"; '
+                    f"boundary={boundary}"
+                },
+            )
+        if path == "/tools/lookup":
+            uid = request.content.decode()
+            if uid in self.studies:
+                return httpx.Response(200, json=[{"ID": "o-" + uid, "Type": "Study"}])
+            for series in self.studies.values():
+                if uid in series:
+                    return httpx.Response(200, json=[{"ID": "o-" + uid, "Type": "Series"}])
+            return httpx.Response(200, json=[])
+        if request.method == "DELETE":
+            return httpx.Response(200, json={})
+        if path == "/system":
+            return httpx.Response(200, json={"Version": "1.10.1"}, headers=headers)
+        return httpx.Response(404, text="Orthanc/1.10.1 unknown resource", headers=headers)

@@ -1,0 +1,465 @@
+"""The gateway end to end in process: fake archive (httpx.MockTransport), real pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from dicomweb_gateway.app import create_app
+from dicomweb_gateway.context import Action, RequestContext
+from dicomweb_gateway.errors import insufficient_scope, service_unavailable
+from gateway_fakes import (
+    ARCHIVE_URL,
+    PE_PREAMBLE,
+    PUBLIC_URL,
+    FakeArchive,
+    FakeIdp,
+    dicom_file,
+    make_settings,
+    multipart,
+)
+
+A, B = "1.2.826.0.1.1", "1.2.826.0.1.2"
+A_SERIES, B_SERIES = "1.2.826.0.1.1.1", "1.2.826.0.1.2.1"
+A_SOP, B_SOP = "1.2.826.0.1.1.1.1", "1.2.826.0.1.2.1.1"
+
+
+class OnlyStudyA:
+    """Authorizer double: the caller may touch study A only."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    async def check_action(self, ctx: RequestContext, action: Action) -> None:
+        needed = {
+            Action.SEARCH: ".rs",
+            Action.READ: ".rs",
+            Action.STORE: ".c",
+            Action.DELETE: ".d",
+        }[action]
+        assert ctx.principal is not None
+        if not any(s.endswith(needed) for s in ctx.principal.scopes):
+            raise insufficient_scope("scope missing")
+
+    async def check_study(self, ctx: RequestContext, action: Action, uid: str) -> None:
+        await self.check_action(ctx, action)
+        if uid != A:
+            raise insufficient_scope("study not permitted")
+
+    async def permitted_studies(self, ctx: RequestContext, action: Action, uids: Any) -> set[str]:
+        return {u for u in uids if u == A}
+
+    async def on_stored(self, ctx: RequestContext, uids: Any) -> None:
+        self.stored.extend(uids)
+
+
+class RecordingAuditor:
+    def __init__(self) -> None:
+        self.records: list[RequestContext] = []
+        self.down = False
+
+    async def preflight(self) -> None:
+        if self.down:
+            raise service_unavailable("audit store down")
+
+    async def record(self, ctx: RequestContext) -> None:
+        self.records.append(ctx)
+
+
+@pytest.fixture
+def archive() -> FakeArchive:
+    fake = FakeArchive()
+    fake.add(A, A_SERIES, A_SOP, "ZT-P001")
+    fake.add(B, B_SERIES, B_SOP, "ZT-P002")
+    for n in range(5):
+        fake.add(f"1.2.826.0.1.1{n}", f"1.2.826.0.1.1{n}.1", f"1.2.826.0.1.1{n}.1.1")
+    return fake
+
+
+@pytest.fixture
+def idp() -> FakeIdp:
+    return FakeIdp()
+
+
+@pytest.fixture
+def auditor() -> RecordingAuditor:
+    return RecordingAuditor()
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+async def client(
+    tmp_path: Path,
+    archive: FakeArchive,
+    idp: FakeIdp,
+    auditor: RecordingAuditor,
+    settings_overrides: dict[str, Any],
+) -> AsyncIterator[httpx.AsyncClient]:
+    settings = make_settings(tmp_path, **settings_overrides)
+    app = create_app(
+        settings,
+        archive_transport=archive.transport(),
+        idp_transport=idp.transport(),
+        authorizer=OnlyStudyA(),
+        auditor=auditor,
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.9", 5555))
+        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as c:
+            c.app = app  # type: ignore[attr-defined]
+            yield c
+
+
+def auth(idp: FakeIdp, **claims: Any) -> dict[str, str]:
+    return {"Authorization": "Bearer " + idp.token(**claims)}
+
+
+def no_leak(response: httpx.Response) -> None:
+    text = response.text.lower()
+    for marker in ("orthanc", "archive.test", "1.10.1", "traceback"):
+        assert marker not in text
+    headers = " ".join(f"{k}: {v}" for k, v in response.headers.items()).lower()
+    assert "orthanc" not in headers and "archive.test" not in headers
+    assert "server" not in response.headers
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AP-1")
+async def test_qido_filters_and_paginates(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive
+) -> None:
+    r = await client.get("/dicom-web/studies", headers=auth(idp))
+    assert r.status_code == 200
+    uids = [item["0020000D"]["Value"][0] for item in r.json()]
+    assert uids == [A]
+    assert r.json()[0]["00081190"]["Value"][0] == f"{PUBLIC_URL}/dicom-web/studies/{A}"
+    no_leak(r)
+    # offset 1 over permitted results only: empty, never a hidden study.
+    r = await client.get("/dicom-web/studies?offset=1&limit=1", headers=auth(idp))
+    assert r.json() == [], r.text
+    sent = archive.requests[-1]
+    assert "limit" not in str(sent.url) and "includefield=0020000D" in str(sent.url)
+
+
+@pytest.mark.anyio
+async def test_qido_search_for_series_of_other_study(
+    client: httpx.AsyncClient, idp: FakeIdp
+) -> None:
+    r = await client.get(f"/dicom-web/studies/{B}/series", headers=auth(idp))
+    assert r.status_code == 403
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AP-1")
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/dicom-web/studies/{B}",
+        f"/dicom-web/studies/{B}/metadata",
+        f"/dicom-web/studies/{B}/series/{B_SERIES}",
+        f"/dicom-web/studies/{B}/series/{B_SERIES}/instances/{B_SOP}/frames/1",
+        f"/dicom-web/studies/{A}/series/{B_SERIES}",
+        f"/dicom-web/studies/{A}/series/{B_SERIES}/instances/{B_SOP}",
+        f"/dicom-web/studies/{A}/series/{A_SERIES}/instances/{B_SOP}",
+        f"/wado?requestType=WADO&studyUID={A}&seriesUID={B_SERIES}&objectUID={B_SOP}",
+        f"/wado?requestType=WADO&studyUID={A}&seriesUID={A_SERIES}&objectUID={B_SOP}",
+    ],
+)
+async def test_other_study_refused(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive, path: str
+) -> None:
+    r = await client.get(path, headers=auth(idp))
+    assert r.status_code in (403, 404)
+    # Only owner lookups (QIDO on the plugin) may have reached the archive, never a retrieval.
+    assert all(
+        "/metadata" not in str(q.url) and "/frames" not in str(q.url) and q.url.path != "/wado"
+        for q in archive.requests
+    )
+    no_leak(r)
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AP-5")
+async def test_retrieve_zeroes_preamble(client: httpx.AsyncClient, idp: FakeIdp) -> None:
+    r = await client.get(f"/dicom-web/studies/{A}", headers=auth(idp))
+    assert r.status_code == 200
+    body = r.content
+    at = body.index(b"DICM")
+    assert body[at - 128 : at] == bytes(128)
+    no_leak(r)
+
+
+@pytest.mark.anyio
+async def test_metadata_urls_rewritten(client: httpx.AsyncClient, idp: FakeIdp) -> None:
+    r = await client.get(f"/dicom-web/studies/{A}/metadata", headers=auth(idp))
+    assert r.status_code == 200
+    assert ARCHIVE_URL not in r.text and PUBLIC_URL in r.text
+
+
+@pytest.mark.anyio
+@pytest.mark.control("ID-1")
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer garbage"},
+        {"Authorization": "Basic Z2F0ZXdheTp4"},
+        {"Authorization": "Bearer " + "a" * 10000},
+    ],
+)
+async def test_unauthenticated_reaches_nothing(
+    client: httpx.AsyncClient,
+    archive: FakeArchive,
+    auditor: RecordingAuditor,
+    headers: dict[str, str],
+) -> None:
+    r = await client.get(f"/dicom-web/studies/{A}", headers=headers)
+    assert r.status_code == 401
+    assert "WWW-Authenticate" in r.headers
+    assert archive.requests == []
+    assert auditor.records and auditor.records[-1].status == 401
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AP-2")
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/tools/find", 404),
+        ("POST", "/tools/find", 404),
+        ("GET", "/instances", 404),
+        ("GET", "/system", 404),
+        ("GET", "/plugins/dicom-web", 404),
+        ("GET", "/patients", 404),
+        ("GET", "/dicom-web/tools/find", 404),
+        ("GET", "/dicom-web/system", 404),
+        ("PUT", "/dicom-web/studies", 405),
+        ("PATCH", f"/dicom-web/studies/{A}", 405),
+        ("GET", "/dicom-web/studies?Patient%49D=ZT-P001", 400),
+        ("GET", "/dicom-web/studies?Foo=1", 400),
+    ],
+)
+async def test_route_allow_list(
+    client: httpx.AsyncClient,
+    idp: FakeIdp,
+    archive: FakeArchive,
+    method: str,
+    path: str,
+    status: int,
+) -> None:
+    r = await client.request(method, path, headers=auth(idp))
+    assert r.status_code == status
+    assert archive.requests == []
+    if status == 405:
+        assert "allow" in r.headers
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AP-5")
+async def test_stow_preamble_rejected(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive, auditor: RecordingAuditor
+) -> None:
+    ctype, body = multipart([dicom_file(study=A, preamble=PE_PREAMBLE)])
+    r = await client.post(
+        "/dicom-web/studies", headers=auth(idp) | {"Content-Type": ctype}, content=body
+    )
+    assert r.status_code == 409
+    failed = r.json()["00081198"]["Value"]
+    assert failed[0]["00081197"]["Value"] == [0xC000]
+    assert archive.requests == []
+    assert auditor.records[-1].alerts and auditor.records[-1].alerts[0][0] == "preamble"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("settings_overrides", [{"limits": {"preamble_policy": "zero"}}])
+async def test_stow_preamble_zeroed(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive
+) -> None:
+    good = dicom_file(study=A)
+    ctype, body = multipart([dicom_file(study=A, preamble=b"#!/bin/sh\n"), good])
+    r = await client.post(
+        f"/dicom-web/studies/{A}", headers=auth(idp) | {"Content-Type": ctype}, content=body
+    )
+    assert r.status_code == 200
+    sent = archive.requests[-1].content
+    assert b"#!/bin/sh" not in sent and good[128:] in sent
+
+
+@pytest.mark.anyio
+async def test_stow_study_mismatch_and_partial(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive
+) -> None:
+    ctype, body = multipart([dicom_file(study=A), dicom_file(study=B), b"not dicom"])
+    r = await client.post(
+        f"/dicom-web/studies/{A}", headers=auth(idp) | {"Content-Type": ctype}, content=body
+    )
+    assert r.status_code == 202
+    reasons = [i["00081197"]["Value"][0] for i in r.json()["00081198"]["Value"]]
+    assert sorted(reasons) == sorted([0xA900, 0xC000])
+    assert archive.requests[-1].content.count(b"DICM") == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AP-1")
+async def test_stow_into_other_study_refused(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive
+) -> None:
+    ctype, body = multipart([dicom_file(study=B)])
+    for path in ("/dicom-web/studies", f"/dicom-web/studies/{B}"):
+        r = await client.post(path, headers=auth(idp) | {"Content-Type": ctype}, content=body)
+        assert r.status_code == 403
+    assert archive.requests == []
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AP-3")
+async def test_stow_limits(client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive) -> None:
+    ctype, body = multipart([dicom_file(study=A, pixel=bytes(1_100_000))])
+    r = await client.post(
+        "/dicom-web/studies", headers=auth(idp) | {"Content-Type": ctype}, content=body
+    )
+    assert r.status_code == 413
+    r = await client.post(
+        "/dicom-web/studies",
+        content=body,
+        headers=auth(idp) | {"Content-Type": ctype, "Content-Encoding": "gzip"},
+    )
+    assert r.status_code == 415
+    r = await client.post(
+        "/dicom-web/studies",
+        content=b"{}",
+        headers=auth(idp) | {"Content-Type": "application/json"},
+    )
+    assert r.status_code == 415
+    assert archive.requests == []
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AP-3")
+@pytest.mark.parametrize("settings_overrides", [{"limits": {"requests_per_minute": 3}}])
+async def test_rate_limit(client: httpx.AsyncClient, idp: FakeIdp) -> None:
+    statuses = [
+        (await client.get("/dicom-web/studies", headers=auth(idp))).status_code for _ in range(5)
+    ]
+    assert statuses[:3] == [200, 200, 200] and statuses[3] == 429
+    r = await client.get("/dicom-web/studies", headers=auth(idp))
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AO-2")
+async def test_archive_down_and_slow(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive
+) -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    archive.handler_override = down
+    r = await client.get("/dicom-web/studies", headers=auth(idp))
+    assert r.status_code == 503 and "retry-after" in r.headers
+    no_leak(r)
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    archive.handler_override = slow
+    r = await client.get("/dicom-web/studies", headers=auth(idp))
+    assert r.status_code == 504
+    no_leak(r)
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AO-2")
+async def test_audit_down_forwards_nothing(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive, auditor: RecordingAuditor
+) -> None:
+    auditor.down = True
+    r = await client.get("/dicom-web/studies", headers=auth(idp))
+    assert r.status_code == 503
+    assert archive.requests == []
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AP-6")
+async def test_archive_errors_are_generic(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive
+) -> None:
+    archive.handler_override = lambda request: (
+        httpx.Response(
+            500,
+            text="Orthanc 1.10.1 internal error at /var/lib/orthanc",
+            headers={"Server": "Orthanc"},
+        )
+        if request.url.path.endswith("/metadata")
+        else None
+    )
+    r = await client.get(f"/dicom-web/studies/{A}/metadata", headers=auth(idp))
+    assert r.status_code == 502
+    assert r.json()["error"] == "archive_error"
+    no_leak(r)
+
+
+@pytest.mark.anyio
+@pytest.mark.control("NW-2")
+async def test_security_headers(client: httpx.AsyncClient, idp: FakeIdp) -> None:
+    for r in (
+        await client.get("/dicom-web/studies", headers=auth(idp)),
+        await client.get("/dicom-web/studies"),
+    ):
+        assert "max-age=63072000" in r.headers["strict-transport-security"]
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+        assert r.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.anyio
+@pytest.mark.control("GV-1")
+async def test_protected_resource_metadata(client: httpx.AsyncClient) -> None:
+    r = await client.get("/.well-known/oauth-protected-resource")
+    meta = r.json()
+    assert meta["resource"] == PUBLIC_URL
+    assert meta["authorization_servers"] and meta["bearer_methods_supported"] == ["header"]
+    assert "ES256" in meta["dpop_signing_alg_values_supported"]
+    assert "user/ImagingStudy.rs" in meta["scopes_supported"]
+
+
+@pytest.mark.anyio
+async def test_delete_uses_rest_api(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive
+) -> None:
+    r = await client.delete(f"/dicom-web/studies/{A}/series/{A_SERIES}", headers=auth(idp))
+    assert r.status_code == 204
+    assert archive.requests[-1].method == "DELETE"
+    assert archive.requests[-1].url.path == f"/series/o-{A_SERIES}"
+    r = await client.delete(f"/dicom-web/studies/{B}", headers=auth(idp))
+    assert r.status_code in (403, 404)
+
+
+@pytest.mark.anyio
+async def test_client_headers_not_forwarded(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive
+) -> None:
+    await client.get(
+        "/dicom-web/studies",
+        headers=auth(idp)
+        | {"X-Forwarded-Host": "evil.test", "Forwarded": "host=evil.test", "Cookie": "a=b"},
+    )
+    sent = archive.requests[-1].headers
+    assert sent["forwarded"] == 'host="gateway.test:8443";proto=https'
+    assert "x-forwarded-host" not in sent and "cookie" not in sent
+    assert sent["authorization"].startswith("Basic ")
+
+
+@pytest.mark.anyio
+async def test_health(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).status_code == 200
+    r = await client.get("/readyz")
+    assert r.status_code == 200, r.text
+    assert (await client.get("/metrics")).status_code == 200
