@@ -6,6 +6,7 @@ import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -15,6 +16,7 @@ from dicomweb_gateway.audit.messages import Participants
 from dicomweb_gateway.audit.store import AuditStore, Filters
 from dicomweb_gateway.context import Action, Principal, RequestContext, StudyRef
 from dicomweb_gateway.errors import GatewayError, invalid_token, missing_credentials
+from dicomweb_gateway.ratelimit import RateLimiter
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -56,6 +58,8 @@ def app_with(auditor: Auditor) -> FastAPI:
     app = FastAPI()
     app.state.auditor = auditor
     app.state.authenticator = FakeAuthenticator()
+    app.state.settings = SimpleNamespace(public_url="https://localhost:8443")
+    app.state.rate_limiter = RateLimiter(600)
     app.include_router(router)
 
     @app.exception_handler(GatewayError)

@@ -6,7 +6,7 @@ Audit is a notification: `record` never changes the outcome already decided, but
 cannot be stored is an error (503), because an unaudited answer is not allowed.
 
 Parts: `messages` (what a request yields, as A.5 XML), `store` (hash-chained table), `syslog`
-(optional RFC 5424/5425 shipping with a spool), `api` (`GET /audit` for auditors), `schema`
+(optional RFC 5424/5425 shipping with a spool), `routes` (`GET /audit` for auditors), `schema`
 (the A.5.1 structure, used by tests and `verify`).
 """
 
@@ -74,6 +74,13 @@ class Auditor:
             )
         return cls(AuditStore(audit.database_url), participants, shipper, settings.public_url)
 
+    async def start(self) -> None:
+        """Called by the app's lifespan: resume delivering what an earlier run left spooled."""
+        if self.shipper is not None:
+            await asyncio.to_thread(self.shipper.spool.prepare)
+            if self.shipper.spool.pending():
+                self.shipper.wake()
+
     async def preflight(self) -> None:
         """Raise 503 unless the store accepted a write lock within the last second (AO-2)."""
         if self.store is None or time.monotonic() < self._writable_until:
@@ -132,4 +139,4 @@ def _spool_all(shipper: SyslogShipper, messages: list[AuditMessage]) -> None:
         shipper.enqueue(message.xml, message.time)
 
 
-from .api import router  # noqa: E402 - the router needs Auditor defined first
+from .routes import router  # noqa: E402 - the router needs Auditor defined first

@@ -1,21 +1,20 @@
 """`GET /audit`: the audit log for auditors (role `auditor`, login `urn:zt:acr:mfa` or higher).
 
-Reading the log is itself audited (Audit Log Used, 110101); a refused read is a Security Alert.
-When the gateway's middleware already keeps a request context (`request.state.ctx`) it records
-that context at the end; otherwise this route records its own.
+Reading the log is itself audited (Audit Log Used, 110101); a refused read is a Security Alert
+(110113). Mounted by the app factory (it includes `dicomweb_gateway.audit.routes.router`).
 """
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from ..context import Action, Decision, Principal, RequestContext
-from ..errors import GatewayError, insufficient_scope, step_up
+from ..errors import insufficient_scope, step_up
+from ..pipeline import guarded
 from .store import Filters
 
 if TYPE_CHECKING:
@@ -55,34 +54,6 @@ def _enforce(ctx: RequestContext, decision: Decision) -> None:
     raise insufficient_scope(detail)
 
 
-def _context(request: Request) -> tuple[RequestContext, bool]:
-    """The gateway's context for this request if it keeps one, else a new one we record."""
-    ctx = getattr(request.state, "ctx", None)
-    if isinstance(ctx, RequestContext):
-        return ctx, False
-    client = request.client.host if request.client else ""
-    own = RequestContext(
-        request_id=request.headers.get("x-request-id") or uuid.uuid4().hex,
-        method=request.method,
-        path=request.url.path,
-        client_ip=client,
-        query=request.url.query,
-    )
-    return own, True
-
-
-async def _principal(request: Request, ctx: RequestContext, auditor: Auditor) -> Principal:
-    if ctx.principal is not None:
-        return ctx.principal
-    authenticator = request.app.state.authenticator
-    base = auditor.public_url or str(request.base_url).rstrip("/")
-    principal: Principal = await authenticator.authenticate(
-        request.headers, request.method, base + request.url.path, request.url.query
-    )
-    ctx.principal = principal
-    return principal
-
-
 @router.get("/audit")
 async def read_audit(
     request: Request,
@@ -95,29 +66,25 @@ async def read_audit(
     event: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> JSONResponse:
-    """Audit records, oldest first, filtered; each with its A.5 XML and chain hash."""
+) -> Response:
+    """Audit records, oldest first, filtered; each with its A.5 XML and chain hash.
+
+    Runs through the gateway pipeline (`guarded`): authentication, rate limits, and the record
+    of this very read (110101) or of its refusal (110113)."""
     auditor: Auditor = request.app.state.auditor
-    ctx, own = _context(request)
-    ctx.transaction = "audit_log_used"
-    ctx.action = Action.AUDIT_READ
-    try:
-        await auditor.preflight()
-        principal = await _principal(request, ctx, auditor)
-        _enforce(ctx, check_auditor(principal))
-        filters = Filters(
-            since, until, user, patient, study, outcome, event, limit=limit, offset=offset
-        )
+    filters = Filters(
+        since, until, user, patient, study, outcome, event, limit=limit, offset=offset
+    )
+
+    async def handler(ctx: RequestContext) -> Response:
+        await auditor.preflight()  # the read must be auditable before anything is disclosed
+        assert ctx.principal is not None  # guarded() authenticated the request
+        _enforce(ctx, check_auditor(ctx.principal))
         rows = await auditor.search(filters)
-    except GatewayError as exc:
-        ctx.status, ctx.error_code, ctx.error_detail = exc.status, exc.code, exc.detail
-        if own and exc.status != 503:
-            await auditor.record(ctx)
-        raise
-    ctx.status = 200
-    if own:
-        await auditor.record(ctx)
-    return JSONResponse({"records": [_public(r) for r in rows], "limit": limit, "offset": offset})
+        records = [_public(r) for r in rows]
+        return JSONResponse({"records": records, "limit": limit, "offset": offset})
+
+    return await guarded(request, handler, transaction="audit_log_used", action=Action.AUDIT_READ)
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:

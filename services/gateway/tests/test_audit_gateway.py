@@ -1,0 +1,251 @@
+"""The real Auditor inside the real gateway pipeline (fake archive and IdP, no network):
+every transaction and every denial leaves exactly one message of the right type."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from dicomweb_gateway.app import create_app
+from dicomweb_gateway.audit import Auditor
+from dicomweb_gateway.audit.schema import validate
+from dicomweb_gateway.audit.store import AuditStore, Filters
+from dicomweb_gateway.context import Action, RequestContext
+from dicomweb_gateway.errors import insufficient_scope
+from gateway_fakes import PE_PREAMBLE, PUBLIC_URL, FakeArchive, FakeIdp, dicom_file, make_settings
+from joserfc.jwk import ECKey
+
+A, B = "1.2.826.0.1.1", "1.2.826.0.1.2"
+A_SERIES, B_SERIES = "1.2.826.0.1.1.1", "1.2.826.0.1.2.1"
+
+
+class OnlyStudyA:
+    """Authorizer double: study A only (the real policy has its own tests)."""
+
+    async def check_action(self, ctx: RequestContext, action: Action) -> None:
+        return None
+
+    async def check_study(self, ctx: RequestContext, action: Action, uid: str) -> None:
+        if uid != A:
+            raise insufficient_scope("study not permitted")
+
+    async def permitted_studies(self, ctx: RequestContext, action: Action, uids: Any) -> set[str]:
+        return {u for u in uids if u == A}
+
+    async def on_stored(self, ctx: RequestContext, uids: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def archive() -> FakeArchive:
+    fake = FakeArchive()
+    fake.add(A, A_SERIES, A_SERIES + ".1", "ZT-P001")
+    fake.add(B, B_SERIES, B_SERIES + ".1", "ZT-P002")
+    return fake
+
+
+@pytest.fixture
+def idp() -> FakeIdp:
+    return FakeIdp()
+
+
+async def _client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.9", 5555))
+        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as c:
+            yield c
+
+
+@pytest.fixture
+async def gateway(
+    tmp_path: Path, archive: FakeArchive, idp: FakeIdp
+) -> AsyncIterator[tuple[httpx.AsyncClient, AuditStore]]:
+    url = f"sqlite:///{tmp_path}/audit.db"
+    settings = make_settings(tmp_path, audit={"database_url": url, "source_id": "zt-gateway"})
+    app = create_app(
+        settings, archive_transport=archive.transport(), idp_transport=idp.transport(),
+        authorizer=OnlyStudyA(),
+    )  # fmt: skip
+    assert isinstance(app.state.auditor, Auditor)  # built by the factory from the settings
+    store = AuditStore(url)
+    async for client in _client(app):
+        yield client, store
+    store.dispose()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": "Bearer " + token}
+
+
+def stow(study: str, preamble: bytes | None = None) -> tuple[dict[str, str], bytes]:
+    from gateway_fakes import multipart
+
+    part = dicom_file(study=study, preamble=preamble) if preamble else dicom_file(study=study)
+    ctype, body = multipart([part])
+    return {"Content-Type": ctype}, body
+
+
+def study_objects(message: ET.Element) -> list[str | None]:
+    """Study participant objects: type 2, role 3, ID type (110180, DCM, Study Instance UID)."""
+    found = []
+    for obj in message.iter("ParticipantObjectIdentification"):
+        id_type = obj.find("ParticipantObjectIDTypeCode")
+        assert id_type is not None
+        if (obj.get("ParticipantObjectTypeCode"), obj.get("ParticipantObjectTypeCodeRole")) == (
+            "2",
+            "3",
+        ) and id_type.get("csd-code") == "110180":
+            found.append(obj.get("ParticipantObjectID"))
+    return found
+
+
+# (name, method, path, token kind, body kind, expected status, [(EventID, action, outcome,
+#  EventTypeCodes)], expected study participant objects of the first message)
+CASES = [
+    ("qido", "GET", "/dicom-web/studies", "user", None, 200, [("110112", "E", 0, "")], []),
+    ("wado-rs", "GET", f"/dicom-web/studies/{A}", "user", None, 200, [("110104", "R", 0, "")], [A]),
+    (
+        "metadata", "GET", f"/dicom-web/studies/{A}/metadata", "user", None, 200,
+        [("110104", "R", 0, "")], [A],
+    ),
+    ("stow-rs", "POST", "/dicom-web/studies", "user", "good", 200, [("110104", "C", 0, "")], [A]),
+    (
+        "stow-preamble", "POST", "/dicom-web/studies", "user", "pe", 409,
+        [("110113", "E", 4, "110132"), ("110104", "C", 4, "")], [A],
+    ),
+    ("delete-study", "DELETE", f"/dicom-web/studies/{A}", "user", None, 204,
+     [("110105", "D", 0, "")], [A]),
+    (
+        "delete-series", "DELETE", f"/dicom-web/studies/{A}/series/{A_SERIES}", "user", None,
+        204, [("110103", "D", 0, "")], [A],
+    ),
+    ("no-token", "GET", "/dicom-web/studies", None, None, 401, [("110113", "E", 4, "110126")], []),
+    (
+        "forged-token", "GET", f"/dicom-web/studies/{A}", "forged", None, 401,
+        [("110113", "E", 4, "110126")], [],
+    ),
+    (
+        "other-study", "GET", f"/dicom-web/studies/{B}", "user", None, 403,
+        [("110113", "E", 4, "110132")], [B],
+    ),
+    ("audit-read", "GET", "/audit", "auditor", None, 200, [("110101", "R", 0, "")], []),
+    (
+        "audit-read-no-mfa", "GET", "/audit", "auditor-pwd", None, 401,
+        [("110113", "E", 4, "110132")], [],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.anyio
+@pytest.mark.control("VA-1")
+@pytest.mark.control("VA-2")
+@pytest.mark.control("VA-3")
+@pytest.mark.control("VA-4")
+@pytest.mark.parametrize(
+    ("name", "method", "path", "who", "body", "status", "expected", "studies"),
+    CASES,
+    ids=[c[0] for c in CASES],
+)
+async def test_exactly_one_message_of_the_right_type(
+    gateway: tuple[httpx.AsyncClient, AuditStore],
+    idp: FakeIdp,
+    name: str,
+    method: str,
+    path: str,
+    who: str | None,
+    body: str | None,
+    status: int,
+    expected: list[tuple[str, str, int, str]],
+    studies: list[str],
+) -> None:
+    client, store = gateway
+    headers: dict[str, str] = {}
+    if who == "user":
+        headers = bearer(idp.token(sub="north-clinician", jti="jti-" + name))
+    elif who == "forged":
+        headers = bearer(idp.token(key=ECKey.generate_key("P-256", {"kid": "k1"})))
+    elif who in ("auditor", "auditor-pwd"):
+        acr = "urn:zt:acr:mfa" if who == "auditor" else "urn:zt:acr:pwd"
+        headers = bearer(idp.token(sub="auditor", realm_access={"roles": ["auditor"]}, acr=acr))
+    content = None
+    if body is not None:
+        extra, content = stow(A, PE_PREAMBLE if body == "pe" else None)
+        headers |= extra
+    before = store.last_seq()
+    response = await client.request(method, path, headers=headers, content=content)
+    assert response.status_code == status, response.text
+    rows = store.search(Filters(after_seq=before))
+    got = [(r["event_id"], r["event_action"], r["outcome"], r["event_types"]) for r in rows]
+    assert got == expected
+    assert {r["request_id"] for r in rows} == {response.headers["x-request-id"]}
+    for row in rows:
+        assert validate(row["message"]) == []
+    first = ET.fromstring(rows[0]["message"])  # noqa: S314 - our own output
+    user = first.find("ActiveParticipant")
+    assert user is not None and user.get("NetworkAccessPointID") == "127.0.0.9"
+    if who == "user":
+        assert user.get("UserID") == "north-clinician"
+        assert user.get("UserName") == f"{PUBLIC_URL}<north-clinician@{idp.claims()['iss']}>"
+        ids = [o.get("ParticipantObjectID") for o in first.iter("ParticipantObjectIdentification")]
+        assert "jti-" + name in ids
+    assert study_objects(first) == studies
+    participants = [p.get("UserID") for p in first.findall("ActiveParticipant")]
+    # The archive is a participant exactly when the request reached it.
+    assert ("https://archive.test:8042" in participants) == (
+        expected[0][0] != "110113" and name != "audit-read"
+    )
+    assert store.verify() == []
+
+
+async def _audit_down(tmp_path: Path, archive: FakeArchive, idp: FakeIdp, requests: Any) -> None:
+    settings = make_settings(
+        tmp_path, audit={"database_url": f"sqlite:///{tmp_path}/missing/audit.db"}
+    )
+    app = create_app(
+        settings, archive_transport=archive.transport(), idp_transport=idp.transport(),
+        authorizer=OnlyStudyA(),
+    )  # fmt: skip
+    async for client in _client(app):
+        token = bearer(idp.token())
+        for method, path, body in requests:
+            headers, content = stow(A) if body else ({}, None)
+            response = await client.request(method, path, headers=token | headers, content=content)
+            assert response.status_code == 503, (method, path)
+            assert response.headers["retry-after"]
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["audit"] == "unavailable"
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AO-2")
+async def test_unwritable_audit_store_fails_closed(
+    tmp_path: Path, archive: FakeArchive, idp: FakeIdp
+) -> None:
+    requests = [
+        ("GET", "/dicom-web/studies", False),
+        ("GET", "/dicom-web/series?Modality=CT", False),
+        ("POST", "/dicom-web/studies", True),
+    ]
+    await _audit_down(tmp_path, archive, idp, requests)
+    assert [r for r in archive.requests if r.url.path != "/system"] == []  # the archive saw nothing
+
+
+@pytest.mark.anyio
+@pytest.mark.xfail(
+    strict=True,
+    reason="dicomweb.py resolves the owning study at the archive before auditor.preflight(); "
+    "preflight must move before owning_study() (reported to the lead)",
+)
+async def test_unwritable_audit_store_resolves_no_owner(
+    tmp_path: Path, archive: FakeArchive, idp: FakeIdp
+) -> None:
+    requests = [
+        ("GET", f"/dicom-web/studies/{A}", False),
+        ("DELETE", f"/dicom-web/studies/{A}", False),
+    ]
+    await _audit_down(tmp_path, archive, idp, requests)
+    assert [r for r in archive.requests if r.url.path != "/system"] == []
