@@ -91,7 +91,14 @@ class ArchiveRequest:
 
 
 class ArchiveLog:
-    """The archive's own record of every HTTP request it accepted (Orthanc Lua filter)."""
+    """The archive's own record of every HTTP request it accepted (Orthanc Lua filter).
+
+    `since(mark)` leaves out the gateway's own background polling (BACKGROUND), which no test
+    request triggers; `since(mark, everything=True)` keeps it.
+    """
+
+    # (method, URI prefix): the gateway's change feed poll (policy.change_feed_interval_seconds).
+    BACKGROUND = (("GET", "/changes"),)
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -105,7 +112,7 @@ class ArchiveLog:
     def mark(self) -> int:
         return self._size()
 
-    def since(self, mark: int) -> list[ArchiveRequest]:
+    def since(self, mark: int, everything: bool = False) -> list[ArchiveRequest]:
         if not self.path.exists():
             return []
         with self.path.open("rb") as f:
@@ -114,8 +121,13 @@ class ArchiveLog:
         entries = []
         for line in text.splitlines():
             parts = line.split("\t")
-            if len(parts) == 5:
-                entries.append(ArchiveRequest(*parts))
+            if len(parts) != 5:
+                continue
+            entry = ArchiveRequest(*parts)
+            if everything or not any(
+                entry.method == m and entry.uri.startswith(p) for m, p in self.BACKGROUND
+            ):
+                entries.append(entry)
         return entries
 
 

@@ -186,7 +186,9 @@ def test_plain_http_redirects_without_data(
         method, stack["gateway_http_url"] + path, content=body, follow_redirects=False, timeout=10
     )
     assert r.status_code in (301, 308)
-    assert r.headers["location"] == stack["gateway_url"] + path
+    # To the same path on the HTTPS origin; the redirector may drop the query (it carries data).
+    location = r.headers["location"]
+    assert location in (stack["gateway_url"] + path, stack["gateway_url"] + path.split("?")[0])
     assert r.content == b""
     assert archive_log.since(mark) == []
 
