@@ -205,7 +205,7 @@
           supportsWildcard: true,
           imageRendering: 'wadors',
           thumbnailRendering: 'wadors',
-          enableStudyLazyLoad: true,
+          enableStudyLazyLoad: false,
           staticWado: false,
           singlepart: false,
           bulkDataURI: { enabled: true, relativeResolution: 'studies' },
