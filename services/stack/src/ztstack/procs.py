@@ -20,6 +20,9 @@ from .errors import StackError
 from .rundir import RunDir
 
 STOP_TIMEOUT = 15.0
+# Popen objects of the children this process started, kept so they are reaped (not leaked as
+# zombies or "still running" warnings); services started by an earlier `up` are not in here.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass
@@ -75,6 +78,7 @@ def start(run: RunDir, svc: Service) -> int:
         ) from e
     finally:
         log.close()
+    _CHILDREN[proc.pid] = proc
     run.pid(svc.name).write_text(f"{proc.pid}\n", encoding="utf-8")
     return proc.pid
 
@@ -102,6 +106,11 @@ def wait_healthy(run: RunDir, svc: Service, pid: int) -> None:
 
 def _reap(pid: int) -> None:
     """Collect our own child's exit status so it does not stay a zombie."""
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+        return
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
 
