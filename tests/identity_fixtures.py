@@ -51,3 +51,137 @@ class Tokens:
 @pytest.fixture(scope="session")
 def tokens(stack: dict[str, Any]) -> Tokens:
     return Tokens(stack)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _spki_pin(cert_pem: bytes) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)): lets Chromium trust the IdP's certificate from
+    the deployment CA without touching any system trust store (WebAuthn refuses TLS errors)."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def webauthn_login(stack: dict[str, Any], user: str, scope: str, acr_values: str) -> Any:
+    """Logs `user` in through the IdP's pages in Chromium with a CDP virtual authenticator
+    holding the user's pre-registered credential; returns the TokenSet of the viewer client."""
+    import base64
+    import secrets
+    import ssl
+    import time
+    from urllib.parse import parse_qs, urlencode, urlsplit
+
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge
+    from dicomweb_cli.login import AuthorizationResult, exchange_code, redirect_uri_for
+    from dicomweb_cli.stack import demo_credentials, discovery
+    from playwright.sync_api import sync_playwright
+
+    creds = demo_credentials(stack)["users"][user]
+    meta = discovery(stack)
+    issuer = urlsplit(stack["idp_issuer"])
+    served = ssl.get_server_certificate((issuer.hostname or "localhost", issuer.port or 443))
+    redirect_uri = redirect_uri_for(stack, "ohif-viewer")
+    verifier = secrets.token_urlsafe(48)
+    state = secrets.token_urlsafe(8)
+    params = {
+        "response_type": "code",
+        "client_id": "ohif-viewer",
+        "redirect_uri": redirect_uri,
+        "scope": scope,
+        "state": state,
+        "acr_values": acr_values,
+        "code_challenge": create_s256_code_challenge(verifier),
+        "code_challenge_method": "S256",
+        "resource": stack["resource"],
+    }
+    pin = _spki_pin(served.encode())
+    captured: list[str] = []
+    cred = creds["webauthn"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                *CHROMIUM_ARGS,
+                f"--ignore-certificate-errors-spki-list={pin}",
+            ],
+        )
+        try:
+            context = browser.new_context()
+            page = context.new_page()
+
+            # The gateway is not needed: the code is taken from the redirect to the client.
+            def to_client(route: Any) -> None:
+                if route.request.url.startswith(redirect_uri):
+                    captured.append(route.request.url)
+                route.fulfill(body="ok")
+
+            page.route(
+                f"{urlsplit(redirect_uri).scheme}://{urlsplit(redirect_uri).netloc}/**", to_client
+            )
+            cdp = context.new_cdp_session(page)
+            cdp.send("WebAuthn.enable")
+            auth = cdp.send(
+                "WebAuthn.addVirtualAuthenticator",
+                {
+                    "options": {
+                        "protocol": "ctap2",
+                        "transport": "usb",
+                        "hasResidentKey": False,
+                        "hasUserVerification": True,
+                        "isUserVerified": True,
+                        "automaticPresenceSimulation": True,
+                    }
+                },
+            )
+            raw_id = base64.urlsafe_b64decode(cred["credential_id"] + "==")
+            cdp.send(
+                "WebAuthn.addCredential",
+                {
+                    "authenticatorId": auth["authenticatorId"],
+                    "credential": {
+                        "credentialId": base64.b64encode(raw_id).decode(),
+                        "isResidentCredential": False,
+                        "rpId": cred["rp_id"],
+                        "privateKey": cred["private_key_pkcs8"],
+                        # The IdP refuses a counter that does not grow (cloned keys); each
+                        # run's fresh virtual authenticator starts above any earlier run.
+                        "signCount": int(time.time()),
+                    },
+                },
+            )
+            page.goto(f"{meta['authorization_endpoint']}?{urlencode(params)}")
+            page.fill('input[name="username"]', user)
+            page.fill('input[name="password"]', creds["password"])
+            page.click('button[type="submit"]')
+            deadline = time.monotonic() + 30
+            while not captured and time.monotonic() < deadline:
+                page.wait_for_timeout(100)
+            assert captured, f"no redirect to the client; the browser is at {page.url}"
+
+        finally:
+            browser.close()
+    query = {k: v[0] for k, v in parse_qs(urlsplit(captured[-1]).query).items()}
+    assert query.get("state") == state, query
+    result = AuthorizationResult(
+        "ohif-viewer", redirect_uri, query["code"], verifier, stack["resource"]
+    )
+    return exchange_code(stack, result)

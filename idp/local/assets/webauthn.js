@@ -43,5 +43,5 @@
     });
   }
   document.getElementById('webauthn-start').addEventListener('click', start);
-  start();
+  if (!document.querySelector('.error')) start(); // no automatic retry after a failure
 }());

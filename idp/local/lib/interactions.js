@@ -224,7 +224,9 @@ export function makeInteractions({
               store.save();
             }
           }
-        } catch {
+        } catch (err) {
+          // The detail goes to the log only; the page stays generic.
+          process.stderr.write(`webauthn assertion refused for ${st.accountId}: ${err.message}\n`);
           verified = false;
         }
       }

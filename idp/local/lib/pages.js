@@ -42,11 +42,16 @@ export function otpPage({ assets, action, error = false }) {
 <button type="submit">Verify</button></form>`);
 }
 
+// JSON inside <script> is raw text: escape what could end the element, not HTML entities.
+function scriptJson(value) {
+  return JSON.stringify(value).replace(/</g, '\\u003c').replace(/>/g, '\\u003e').replace(/&/g, '\\u0026');
+}
+
 export function webauthnPage({ assets, action, options, error = false }) {
   // Options travel as inert JSON; the self-served script runs the ceremony and posts back.
   return layout(assets, 'Security key', `
 <p>Use your security key or passkey to finish signing in.</p>${errorLine(error)}
-<script type="application/json" id="webauthn-options">${esc(JSON.stringify(options))}</script>
+<script type="application/json" id="webauthn-options">${scriptJson(options)}</script>
 <form method="post" action="${esc(action)}" id="webauthn-form">
 <input type="hidden" name="credential" id="credential">
 <button type="button" id="webauthn-start">Use security key</button></form>
