@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,27 +11,7 @@ from typing import Any
 import uvicorn
 
 from .settings import SettingsError, load_settings
-
-# PS3.15 B.12 / BCP 195: TLS 1.2 with ECDHE and AEAD only; TLS 1.3 suites are all AEAD.
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-
-
-def gateway_ssl_context(
-    config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]
-) -> ssl.SSLContext:
-    """Module-level so uvicorn can pickle it into every worker process."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.maximum_version = ssl.TLSVersion.TLSv1_3
-    context.set_ciphers(TLS12_CIPHERS)
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
-    context.options |= ssl.OP_NO_RENEGOTIATION
-    assert config.ssl_certfile
-    context.load_cert_chain(
-        str(config.ssl_certfile), config.ssl_keyfile and str(config.ssl_keyfile)
-    )
-    context.set_alpn_protocols(["http/1.1"])
-    return context
+from .tls import gateway_ssl_context
 
 
 def serve(config_path: str) -> int:
