@@ -236,11 +236,11 @@ def refresh(stack: Stack | str, token_set: TokenSet, scope: str | None = None) -
         raise OAuthError("invalid_request", "no refresh token")
     st = load_stack(stack)
     meta = discovery(st)
-    form = {
+    form: dict[str, str] = {
         "grant_type": "refresh_token",
         "refresh_token": token_set.refresh_token,
         "client_id": token_set.client_id,
-        "resource": token_set.claims.get("aud", st["resource"]),
+        "resource": str(token_set.claims.get("aud", st["resource"])),
     }
     if scope:
         form["scope"] = scope
