@@ -282,9 +282,7 @@ class AuditStore:
             seq = row["seq"]
             gap = seq != expected_seq
             if gap:
-                missing = (
-                    f"{expected_seq}" if seq == expected_seq + 1 else (f"{expected_seq}-{seq - 1}")
-                )
+                missing = _span(expected_seq, seq - 1)
                 problems.append(f"record {missing} deleted (sequence jumps to {seq})")
             if record_hash(row["prev_hash"], row) != row["hash"]:
                 problems.append(f"record {seq} altered (its content does not match its hash)")
@@ -300,7 +298,8 @@ class AuditStore:
         head_seq, head_hash = self.head()
         if head_seq != last_seq or (rows and head_hash != expected_prev):
             if head_seq > last_seq:
-                problems.append(f"record {last_seq + 1}-{head_seq} deleted (head at {head_seq})")
+                missing = _span(last_seq + 1, head_seq)
+                problems.append(f"record {missing} deleted (head at {head_seq})")
             else:
                 problems.append(f"chain head does not match record {last_seq}")
         return problems
@@ -309,6 +308,10 @@ class AuditStore:
         self._writer.dispose()
         if self._reader is not self._writer:
             self._reader.dispose()
+
+
+def _span(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
 
 
 def now_utc() -> datetime:
