@@ -65,7 +65,17 @@
     window.sessionStorage.removeItem('oidc.user:' + ISSUER + ':' + CLIENT_ID);
   }
 
-  function currentStudy() {
+  // The study a refused DICOMweb request was about: from its URL (OHIF may already have left
+  // the viewer route for its "study not found" page), else from the viewer's own URL.
+  function refusedStudy(request) {
+    var url = (request && request.responseURL) || '';
+    var m = /\/dicom-web\/studies\/([0-9.]+)/.exec(url);
+    if (!m) {
+      m = /[?&]StudyInstanceUID=([0-9.]+)/.exec(url);
+    }
+    if (m) {
+      return m[1];
+    }
     var params = new URLSearchParams(window.location.search);
     var uids = params.get('StudyInstanceUIDs') || params.get('studyInstanceUIDs') || '';
     return uids.split(',')[0] || null;
@@ -155,7 +165,7 @@
       startStepUp(challenge);
       return;
     }
-    var study = currentStudy();
+    var study = refusedStudy(request);
     if ((status === 403 || status === 404) && study) {
       var pending = readJson(BREAK_GLASS_KEY);
       if (pending && pending.study === study && !breakGlassSent) {
