@@ -115,7 +115,8 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def stop(run: RunDir, name: str, timeout: float = STOP_TIMEOUT) -> str:
+def stop(run: RunDir, name: str, timeout: float = STOP_TIMEOUT, signalled: bool = False) -> str:
+    """SIGTERM (unless `signalled` already), wait, then SIGKILL; always the recorded PID."""
     pid = read_pid(run, name)
     if pid is None:
         return "not recorded"
@@ -123,8 +124,9 @@ def stop(run: RunDir, name: str, timeout: float = STOP_TIMEOUT) -> str:
     if not alive(pid):
         _reap(pid)
         pid_file.unlink(missing_ok=True)
-        return "not running"
-    os.kill(pid, signal.SIGTERM)
+        return f"stopped (pid {pid})" if signalled else "not running"
+    if not signalled:
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _reap(pid)
@@ -154,7 +156,7 @@ def stop_all(run: RunDir, names: list[str]) -> dict[str, str]:
         else:
             results[name] = stop(run, name)
     for name in pending:
-        results[name] = stop(run, name)
+        results[name] = stop(run, name, signalled=True)
     return results
 
 
