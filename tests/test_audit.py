@@ -348,12 +348,8 @@ def test_audit_log_access_needs_the_auditor_role_with_mfa(
 
 
 @pytest.mark.control("VA-4")
-@pytest.mark.xfail(
-    strict=True,
-    reason="admin.py routes do not run through pipeline.guarded, so nothing records them yet",
-)
 def test_break_glass_is_an_emergency_override(
-    stack: dict[str, Any], https: httpx.Client, audit: AuditStore, tokens: Any, tmp_path: Path
+    stack: dict[str, Any], https: httpx.Client, audit: AuditStore, tokens: Any
 ) -> None:
     from ztstack.demo_data import study as demo_study
 
@@ -365,9 +361,14 @@ def test_break_glass_is_an_emergency_override(
         headers=bearer(er),
         json={"study_instance_uid": study, "reason": "trauma bay 2, unconscious patient"},
     )
-    assert r.status_code == 201
-    rows = audit.search(Filters(event_id="110113", study=study))
-    assert rows and rows[-1]["event_types"] == "110127" and rows[-1]["outcome"] == 0
+    assert r.status_code == 201, r.text
+    rows = records(audit, r)
+    assert events(rows) == [("110113", "E", 0, "110127")]
+    message = xml(rows[0])
+    assert_user(message, er, stack)
+    assert objects(message, "110180") == [study]
+    assert objects(message, "2") == ["ZT-P004"]
+    assert "trauma bay 2" in (message.findtext("EventIdentification/EventOutcomeDescription") or "")
 
 
 # --- VA-6: hash chain; tampering is named -----------------------------------------------------
