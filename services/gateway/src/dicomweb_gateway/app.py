@@ -27,7 +27,7 @@ from .audit import Auditor
 from .authenticate import Authenticator
 from .authorize import Authorizer
 from .errors import GatewayError, not_found
-from .http import SecurityHeaders, error_response
+from .http import PathGuard, SecurityHeaders, error_response
 from .observe import REGISTRY
 from .parse import method_not_allowed
 from .ratelimit import RateLimiter
@@ -134,7 +134,8 @@ def create_app(
     _install_service_routes(app, settings)
     app.include_router(dicomweb.router)
     _install_optional_routers(app, settings)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(PathGuard)
+    app.add_middleware(SecurityHeaders)  # outermost: also covers PathGuard's 404
     return app
 
 

@@ -69,3 +69,45 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+# API prefixes: a case variant or a path with empty/dot segments under them is never served
+# (by the viewer's SPA fallback or anything else): 404 (AP-2).
+API_PREFIXES = ("/dicom-web", "/wado", "/admin", "/audit", "/.well-known")
+_NOT_FOUND = b'{"error": "not_found", "message": "not found"}'
+
+
+def irregular_path(path: str) -> bool:
+    lowered = path.lower()
+    if "//" in path or "\\" in path or "\0" in path:
+        return True
+    segments = path.split("/")
+    if any(s in (".", "..") for s in segments):
+        return True
+    for prefix in API_PREFIXES:
+        if lowered.startswith(prefix) and not path.startswith(prefix):
+            return True
+    return False
+
+
+class PathGuard:
+    """Refuse irregular paths before any route sees them (pure ASGI, no per-request task)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and irregular_path(scope.get("path", "/")):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(_NOT_FOUND)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": _NOT_FOUND})
+            return
+        await self.app(scope, receive, send)

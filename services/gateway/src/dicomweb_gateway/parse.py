@@ -150,6 +150,18 @@ class QidoQuery:
     offset: int = 0
     fuzzymatching: bool = False
 
+    @property
+    def exact_filters(self) -> tuple[tuple[str, re.Pattern[str]], ...]:
+        """(keyword, pattern) for values whose spaces were sent as `?` wildcards."""
+        out = []
+        for keyword, value in self.matches:
+            if " " in value:
+                pattern = "".join(
+                    ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value
+                )
+                out.append((keyword, re.compile(pattern, re.IGNORECASE | re.DOTALL)))
+        return tuple(out)
+
     def archive_query(self, extra_includefields: tuple[str, ...] = ()) -> str:
         """The canonical raw query Orthanc 1.10 reads: keywords, raw values, no pagination.
 
@@ -159,6 +171,7 @@ class QidoQuery:
         parts = [f"{k}={_encode_value(v)}" for k, v in self.matches]
         fields = list(self.includefields)
         fields += [f for f in extra_includefields if f not in fields]
+        fields += [k for k, _ in self.exact_filters if k not in fields]
         parts += [f"includefield={QIDO_KEYS[f]}" for f in fields]
         if self.fuzzymatching:
             parts.append("fuzzymatching=true")
@@ -166,10 +179,11 @@ class QidoQuery:
 
 
 def _encode_value(value: str) -> str:
-    # Only the space needs escaping in a request line; Orthanc 1.10 decodes `%20`... it does not,
-    # so DICOM matching uses `*` semantics: spaces are sent as `%20` only where present, which
-    # the value grammar limits to person names and descriptions.
-    return value.replace(" ", "%20")
+    # Orthanc 1.10 does not percent-decode values either, and a request line cannot carry a
+    # raw space: a space is sent as the single-character wildcard `?` (PS3.4 C.2.2.2.4) and
+    # the gateway re-checks those results itself (`QidoQuery.exact_filters`), so the answer is
+    # never wider than what the client asked for.
+    return value.replace(" ", "?")
 
 
 def _decode(raw: str) -> str:

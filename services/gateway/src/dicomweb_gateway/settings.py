@@ -194,7 +194,7 @@ class Audit(_Section):
 class Limits(_Section):
     qido_max_limit: Annotated[int, Field(gt=0, le=100000)] = 1000
     stow_max_bytes: PositiveInt = 512 * 1024 * 1024
-    requests_per_minute: PositiveInt = 600
+    requests_per_minute: PositiveInt = 3000
     preamble_policy: PreamblePolicy = PreamblePolicy.REJECT
 
 
