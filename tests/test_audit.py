@@ -6,12 +6,19 @@ store is the gateway's own SQLite file, read here as an auditor's tool would rea
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
+import re
 import shutil
+import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
+import threading
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -440,6 +447,115 @@ def test_live_chain_verifies_and_tampering_is_named(
         done = _verify(f"sqlite:///{path}")
         assert done.returncode == 1, name
         assert f"FAIL {named}" in done.stdout, (name, done.stdout)
+
+
+# --- VA-5: syslog over TLS to an audit repository, nothing lost across its restart ----------
+
+
+class SyslogReceiver:
+    """A tiny RFC 5425 audit repository on loopback (TLS with the gateway's certificate)."""
+
+    def __init__(self, stack: dict[str, Any], port: int) -> None:
+        pki = Path(stack["run_dir"]) / "pki"
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.load_cert_chain(pki / "gateway.pem", pki / "gateway.key")
+        self.port = port
+        self.messages: list[bytes] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server: asyncio.Server | None = None
+        self._clients: list[asyncio.StreamWriter] = []
+
+    def start(self) -> None:
+        async def go() -> None:
+            self._server = await asyncio.start_server(
+                self._client, "127.0.0.1", self.port, ssl=self.context
+            )
+
+        asyncio.run_coroutine_threadsafe(go(), self._loop).result(10)
+
+    def stop(self) -> None:
+        async def go() -> None:
+            assert self._server is not None
+            self._server.close()
+            for writer in self._clients:
+                writer.close()
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(go(), self._loop).result(10)
+
+    def shutdown(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            while True:
+                length = await reader.readuntil(b" ")
+                self.messages.append(await reader.readexactly(int(length[:-1])))
+        writer.close()
+
+    def wait_for(self, needle: bytes, seconds: float = 90) -> bytes:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for message in list(self.messages):
+                if needle in message:
+                    return message
+            time.sleep(0.2)
+        raise AssertionError(f"not delivered within {seconds} s; got {len(self.messages)}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.control("VA-5")
+def test_syslog_delivery_survives_repository_outage_and_restart(
+    stack: dict[str, Any], https: httpx.Client, extra_gateway: Any, clinician: Any, tmp_path: Path
+) -> None:
+    port = _free_port()
+    receiver = SyslogReceiver(stack, port)
+    syslog = {
+        "host": "localhost",
+        "port": port,
+        "ca_cert": stack["ca_cert"],
+        "spool_dir": str(tmp_path / "spool"),
+    }
+
+    def query(tag: str) -> bytes:
+        r = https.get(f"{gw.url}/dicom-web/studies?PatientID={tag}", headers=bearer(clinician))
+        assert r.status_code == 200
+        url = f"/dicom-web/studies?PatientID={tag}".encode()
+        return base64.b64encode(url)  # how the Query message carries it
+
+    try:
+        with extra_gateway({"audit": {"syslog": syslog}}) as gw:
+            # The repository is down: the message waits in the spool.
+            first = query("VA5-DOWN")
+            time.sleep(1)
+            assert list((tmp_path / "spool").glob("*.msg*"))
+            receiver.start()
+            message = receiver.wait_for(first)
+            assert re.match(
+                rb"^<85>1 \S+Z \S+ zt-gateway \d+ IHE\+RFC-3881 - <AuditMessage>", message
+            )
+            assert validate(message.split(b" - ", 1)[1].decode()) == []
+            # The repository restarts: what is sent meanwhile arrives after it is back.
+            receiver.stop()
+            second = query("VA5-RESTART")
+            receiver.start()
+            receiver.wait_for(second)
+            assert not list((tmp_path / "spool").glob("*.msg*"))
+    finally:
+        with contextlib.suppress(Exception):
+            receiver.stop()
+        receiver.shutdown()
 
 
 # --- AO-2: audit store down -> 503 and nothing reaches the archive ----------------------------

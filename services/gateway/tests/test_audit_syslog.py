@@ -84,6 +84,7 @@ class Receiver:
         self.port = port
         self.messages: list[bytes] = []
         self.server: asyncio.Server | None = None
+        self.clients: list[asyncio.StreamWriter] = []
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(
@@ -91,11 +92,16 @@ class Receiver:
         )
 
     async def stop(self) -> None:
+        """Stop like a restarting repository: listener and every open connection closed."""
         assert self.server is not None
         self.server.close()
+        for writer in self.clients:
+            writer.close()
         await self.server.wait_closed()
+        await asyncio.sleep(0.1)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.clients.append(writer)
         try:
             while True:
                 length = await reader.readuntil(b" ")
@@ -164,6 +170,35 @@ async def _outage_loses_nothing(tmp_path: Path) -> None:
         re.match(rb"^<85>1 \S+Z \S+ zt-gateway \d+ IHE\+RFC-3881 - ", m) for m in receiver.messages
     )
     assert spool.pending() == []
+
+
+def test_repository_restart_loses_nothing(tmp_path: Path) -> None:
+    asyncio.run(_restart(tmp_path))
+
+
+async def _restart(tmp_path: Path) -> None:
+    ca, cert, key = _pki(tmp_path)
+    port = _free_port()
+    receiver = Receiver(cert, key, port)
+    await receiver.start()
+    spool = Spool(tmp_path / "spool")
+    shipper = SyslogShipper(
+        spool, "localhost", port, SyslogShipper.tls_context(ca, None, None), app="gw"
+    )
+    try:
+        shipper.enqueue("<AuditMessage n='0'/>", NOW)
+        assert await shipper.drain() == 1
+        await receiver.wait_for(1)
+        await receiver.stop()  # the repository restarts; our connection is closed under us
+        receiver = Receiver(cert, key, port)
+        await receiver.start()
+        shipper.enqueue("<AuditMessage n='1'/>", NOW)
+        assert await shipper.drain() == 1
+        await receiver.wait_for(1)
+    finally:
+        await shipper.close(flush_seconds=0.5)
+        await receiver.stop()
+    assert receiver.messages[0].endswith(b"<AuditMessage n='1'/>")
 
 
 def test_untrusted_repository_is_refused(tmp_path: Path) -> None:

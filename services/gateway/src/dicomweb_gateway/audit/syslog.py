@@ -142,6 +142,7 @@ class SyslogShipper:
         self.poll_seconds = poll_seconds
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
     @staticmethod
@@ -203,17 +204,21 @@ class SyslogShipper:
         return sent
 
     async def _connect(self) -> asyncio.StreamWriter:
-        if self._writer is not None and not self._writer.is_closing():
+        # A repository that restarted closed our connection: its EOF is already in the reader.
+        # Writing into that connection would "succeed" and lose the message, so reconnect.
+        alive = self._reader is not None and not self._reader.at_eof()
+        if self._writer is not None and not self._writer.is_closing() and alive:
             return self._writer
-        _, writer = await asyncio.wait_for(
+        await self._disconnect()
+        reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port, ssl=self.tls, server_hostname=self.host),
             10,
         )
-        self._writer = writer
+        self._reader, self._writer = reader, writer
         return writer
 
     async def _disconnect(self) -> None:
-        writer, self._writer = self._writer, None
+        writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.close()
             with contextlib.suppress(Exception):
