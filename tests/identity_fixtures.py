@@ -97,8 +97,6 @@ def webauthn_login(stack: dict[str, Any], user: str, scope: str, acr_values: str
 
     creds = demo_credentials(stack)["users"][user]
     meta = discovery(stack)
-    issuer = urlsplit(stack["idp_issuer"])
-    served = ssl.get_server_certificate((issuer.hostname or "localhost", issuer.port or 443))
     redirect_uri = redirect_uri_for(stack, "ohif-viewer")
     verifier = secrets.token_urlsafe(48)
     state = secrets.token_urlsafe(8)
@@ -113,7 +111,17 @@ def webauthn_login(stack: dict[str, Any], user: str, scope: str, acr_values: str
         "code_challenge_method": "S256",
         "resource": stack["resource"],
     }
-    pin = _spki_pin(served.encode())
+    # Pin the IdP's and the gateway's certificates (the redirect to the gateway's callback is
+    # intercepted, but Chromium checks the TLS of a listening gateway before that).
+    pins = []
+    for url in (stack["idp_issuer"], redirect_uri):
+        parts = urlsplit(url)
+        try:
+            served = ssl.get_server_certificate((parts.hostname or "localhost", parts.port or 443))
+        except OSError:  # nothing listening there (an IdP-only stack)
+            continue
+        pins.append(_spki_pin(served.encode()))
+    pin = ",".join(pins)
     captured: list[str] = []
     cred = creds["webauthn"]
     with sync_playwright() as pw:
@@ -128,14 +136,13 @@ def webauthn_login(stack: dict[str, Any], user: str, scope: str, acr_values: str
             context = browser.new_context()
             page = context.new_page()
 
-            # The gateway is not needed: the code is taken from the redirect to the client.
-            def to_client(route: Any) -> None:
-                if route.request.url.startswith(redirect_uri):
-                    captured.append(route.request.url)
-                route.fulfill(body="ok")
-
-            page.route(
-                f"{urlsplit(redirect_uri).scheme}://{urlsplit(redirect_uri).netloc}/**", to_client
+            # The code is read from the redirect to the client (routes cannot intercept a
+            # redirect); only this test holds the PKCE verifier, so nobody else can redeem it.
+            page.on(
+                "request",
+                lambda request: (
+                    captured.append(request.url) if request.url.startswith(redirect_uri) else None
+                ),
             )
             cdp = context.new_cdp_session(page)
             cdp.send("WebAuthn.enable")
