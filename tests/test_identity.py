@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 import yaml
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from dicomweb_cli import (
     OAuthError,
     authorize,
@@ -27,7 +28,7 @@ from dicomweb_cli import (
     revoke,
     thumbprint,
 )
-from dicomweb_cli.login import redirect_uri_for
+from dicomweb_cli.login import AuthorizationResult, next_totp, redirect_uri_for
 from dicomweb_cli.stack import discovery, http_client
 
 from tests.identity_fixtures import webauthn_login
@@ -184,6 +185,66 @@ def test_webauthn_login_in_chromium_yields_the_phishing_resistant_level(
     assert token_set.claims["acr"] == ACR_PHR
     assert {"hwk", "user"} <= set(token_set.claims["amr"])
     assert token_set.claims["sub"] == "radiologist"
+
+
+def _start(
+    browser: httpx.Client, stack: dict[str, Any], oidc: dict[str, Any], **extra: str
+) -> tuple[httpx.Response, str, str]:
+    """Starts a viewer code flow in `browser` (its cookies are the session); returns the first
+    page shown, or the redirect to the client, with the PKCE verifier and state."""
+    verifier, state = secrets.token_urlsafe(48), secrets.token_urlsafe(8)
+    params = {
+        "response_type": "code",
+        "client_id": "ohif-viewer",
+        "redirect_uri": redirect_uri_for(stack, "ohif-viewer"),
+        "scope": "openid user/ImagingStudy.rs",
+        "state": state,
+        "code_challenge": create_s256_code_challenge(verifier),
+        "code_challenge_method": "S256",
+        **extra,
+    }
+    first = browser.get(f"{oidc['authorization_endpoint']}?{urlencode(params)}")
+    return _follow(browser, first, stack), verifier, state
+
+
+def _follow(browser: httpx.Client, r: httpx.Response, stack: dict[str, Any]) -> httpx.Response:
+    while r.is_redirect and not r.headers["location"].startswith(stack["gateway_url"]):
+        r = browser.get(httpx.URL(str(r.request.url)).join(r.headers["location"]))
+    return r
+
+
+def _exchange(stack: dict[str, Any], r: httpx.Response, verifier: str) -> dict[str, Any]:
+    query = parse_qs(urlsplit(r.headers["location"]).query)
+    redirect_uri = redirect_uri_for(stack, "ohif-viewer")
+    result = AuthorizationResult(
+        "ohif-viewer", redirect_uri, query["code"][0], verifier, stack["resource"]
+    )
+    return exchange_code(stack, result).claims
+
+
+@pytest.mark.control("ID-3")
+def test_step_up_asks_only_for_the_missing_factor(
+    stack: dict[str, Any], oidc: dict[str, Any]
+) -> None:
+    user = "er-physician"
+    creds = stack["users"][user]
+    with http_client(stack) as browser:
+        page, verifier, _ = _start(browser, stack, oidc)
+        form = {"username": user, "password": creds["password"]}
+        r = _follow(browser, _post_form(browser, page, form), stack)
+        assert _exchange(stack, r, verifier)["acr"] == ACR_PWD
+        # Same session, higher level requested: only the one-time code is asked for.
+        page, verifier, _ = _start(browser, stack, oidc, acr_values=ACR_MFA)
+        assert 'name="otp"' in page.text and 'name="password"' not in page.text
+        code = next_totp(oidc["issuer"], user, creds["totp_secret"])
+        r = _follow(browser, _post_form(browser, page, {"otp": code}), stack)
+        claims = _exchange(stack, r, verifier)
+        assert claims["acr"] == ACR_MFA and claims["sub"] == user
+        # A level already reached is not asked again; max_age=0 forces a fresh login.
+        r, verifier, _ = _start(browser, stack, oidc, acr_values=ACR_MFA)
+        assert r.is_redirect and _exchange(stack, r, verifier)["acr"] == ACR_MFA
+        page, _, _ = _start(browser, stack, oidc, max_age="0")
+        assert 'name="password"' in page.text
 
 
 # --- ID-7 -----------------------------------------------------------------------------------
