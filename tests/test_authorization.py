@@ -13,7 +13,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,14 @@ def send(
 
 
 _POOLS: dict[int, httpcore.ConnectionPool] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_pools() -> Iterator[None]:
+    yield
+    for pool in _POOLS.values():
+        pool.close()
+    _POOLS.clear()
 
 
 def _pool(https: httpx.Client) -> httpcore.ConnectionPool:
