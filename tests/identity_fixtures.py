@@ -81,9 +81,12 @@ def _spki_pin(cert_pem: bytes) -> str:
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
-def webauthn_login(stack: dict[str, Any], user: str, scope: str, acr_values: str) -> Any:
+def webauthn_login(
+    stack: dict[str, Any], user: str, scope: str, acr_values: str, *, enrol: bool = False
+) -> Any:
     """Logs `user` in through the IdP's pages in Chromium with a CDP virtual authenticator
-    holding the user's pre-registered credential; returns the TokenSet of the viewer client."""
+    holding the user's pre-registered credential, or (`enrol=True`) an empty authenticator
+    that first registers a new key (password + TOTP); returns the viewer client's TokenSet."""
     import base64
     import secrets
     import ssl
@@ -159,26 +162,35 @@ def webauthn_login(stack: dict[str, Any], user: str, scope: str, acr_values: str
                     }
                 },
             )
-            raw_id = base64.urlsafe_b64decode(cred["credential_id"] + "==")
-            cdp.send(
-                "WebAuthn.addCredential",
-                {
-                    "authenticatorId": auth["authenticatorId"],
-                    "credential": {
-                        "credentialId": base64.b64encode(raw_id).decode(),
-                        "isResidentCredential": False,
-                        "rpId": cred["rp_id"],
-                        "privateKey": cred["private_key_pkcs8"],
-                        # The IdP refuses a counter that does not grow (cloned keys); each
-                        # run's fresh virtual authenticator starts above any earlier run.
-                        "signCount": int(time.time()),
+            if not enrol:
+                raw_id = base64.urlsafe_b64decode(cred["credential_id"] + "==")
+                cdp.send(
+                    "WebAuthn.addCredential",
+                    {
+                        "authenticatorId": auth["authenticatorId"],
+                        "credential": {
+                            "credentialId": base64.b64encode(raw_id).decode(),
+                            "isResidentCredential": False,
+                            "rpId": cred["rp_id"],
+                            "privateKey": cred["private_key_pkcs8"],
+                            # The IdP refuses a counter that does not grow (cloned keys); each
+                            # run's fresh virtual authenticator starts above any earlier run.
+                            "signCount": int(time.time()),
+                        },
                     },
-                },
-            )
+                )
             page.goto(f"{meta['authorization_endpoint']}?{urlencode(params)}")
             page.fill('input[name="username"]', user)
             page.fill('input[name="password"]', creds["password"])
             page.click('button[type="submit"]')
+            if enrol:
+                from dicomweb_cli.login import next_totp
+
+                page.click("text=Register a new security key")
+                page.fill(
+                    'input[name="otp"]', next_totp(meta["issuer"], user, creds["totp_secret"])
+                )
+                page.click('button[type="submit"]')
             deadline = time.monotonic() + 30
             while not captured and time.monotonic() < deadline:
                 page.wait_for_timeout(100)

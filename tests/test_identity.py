@@ -247,6 +247,17 @@ def test_step_up_asks_only_for_the_missing_factor(
         assert 'name="password"' in page.text
 
 
+@pytest.mark.control("ID-3")
+@pytest.mark.browser
+def test_a_new_security_key_enrolled_with_totp_then_signs_in_at_the_phishing_resistant_level(
+    stack: dict[str, Any],
+) -> None:
+    token_set = webauthn_login(
+        stack, "radiologist", "openid user/ImagingStudy.rs", ACR_PHR, enrol=True
+    )
+    assert token_set.claims["acr"] == ACR_PHR and token_set.claims["sub"] == "radiologist"
+
+
 # --- ID-7 -----------------------------------------------------------------------------------
 
 

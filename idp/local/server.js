@@ -21,6 +21,9 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const ASSETS = {
   'style.css': ['text/css; charset=utf-8', readFileSync(join(HERE, 'assets', 'style.css'))],
   'webauthn.js': ['text/javascript; charset=utf-8', readFileSync(join(HERE, 'assets', 'webauthn.js'))],
+  'webauthn-register.js': [
+    'text/javascript; charset=utf-8', readFileSync(join(HERE, 'assets', 'webauthn-register.js')),
+  ],
 };
 
 function main() {

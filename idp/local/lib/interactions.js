@@ -4,14 +4,15 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import {
-  generateAuthenticationOptions, verifyAuthenticationResponse,
+  generateAuthenticationOptions, generateRegistrationOptions,
+  verifyAuthenticationResponse, verifyRegistrationResponse,
 } from '@simplewebauthn/server';
 
 import { acrRank } from './realm.js';
 import { checkPassword, DUMMY_HASH } from './store.js';
 import * as totp from './totp.js';
 import {
-  CSP, loginPage, messagePage, otpPage, webauthnPage,
+  CSP, loginPage, messagePage, otpPage, registerPage, webauthnPage,
 } from './pages.js';
 
 const MAX_BODY = 16 * 1024;
@@ -78,9 +79,44 @@ export function makeInteractions({
       timeout: 120000,
     });
     state.get(uid).challenge = options.challenge;
+    // Enrolling another key needs the user's TOTP on top of the password.
+    const enrolAction = user.totp_secret ? `${prefix}/interaction/${uid}/enrol` : null;
     send(res, error ? 401 : 200, webauthnPage({
-      assets, action: `${prefix}/interaction/${uid}/webauthn`, options, error,
+      assets, action: `${prefix}/interaction/${uid}/webauthn`, options, error, enrolAction,
     }));
+  }
+
+  async function renderRegister(res, uid, accountId, error = false) {
+    const user = store.user(accountId);
+    const u = realm.users[accountId];
+    const options = await generateRegistrationOptions({
+      rpName: realm.display_name,
+      rpID: new URL(issuerOrigin).hostname,
+      userName: accountId,
+      userDisplayName: `${u.first_name} ${u.last_name}`,
+      userID: Buffer.from(user.user_handle || accountId, 'utf8'),
+      attestationType: 'none',
+      excludeCredentials: user.webauthn.map((c) => ({ id: c.id })),
+      authenticatorSelection: { userVerification: 'required', residentKey: 'discouraged' },
+      supportedAlgorithmIDs: [-7, -257],
+      timeout: 120000,
+    });
+    state.get(uid).challenge = options.challenge;
+    send(res, error ? 401 : 200, registerPage({
+      assets, action: `${prefix}/interaction/${uid}/register`, options, error,
+    }));
+  }
+
+  // RFC 6238 check with single use of each time step.
+  function checkOtp(accountId, code) {
+    const user = store.user(accountId);
+    const step = user.totp_secret
+      ? totp.verify(user.totp_secret, String(code || ''), { lastStep: user.totp_last_step })
+      : null;
+    if (step === null) return false;
+    user.totp_last_step = step; // a code is good once (RFC 6238 5.2)
+    store.save();
+    return true;
   }
 
   async function afterPassword(req, res, uid, details, accountId) {
@@ -92,7 +128,8 @@ export function makeInteractions({
         error_description: 'the requested authentication level is not available for this user',
       });
     }
-    state.set(uid, { accountId, acr: next.acr });
+    // The step is bound to the interaction: a TOTP code can never finish a WebAuthn level.
+    state.set(uid, { accountId, acr: next.acr, step: next.step });
     if (next.step === 'otp') {
       return send(res, 200, otpPage({ assets, action: `${prefix}/interaction/${uid}/otp` }));
     }
@@ -106,7 +143,7 @@ export function makeInteractions({
   }
 
   async function handle(req, res, rest) {
-    const m = /^\/interaction\/([A-Za-z0-9_-]{1,64})(?:\/(login|otp|webauthn|abort))?$/.exec(rest);
+    const m = /^\/interaction\/([A-Za-z0-9_-]{1,64})(?:\/(login|otp|webauthn|abort|enrol|enrol-otp|register))?$/.exec(rest);
     if (!m) return false;
     const [, uid, action] = m;
     let details;
@@ -143,6 +180,15 @@ export function makeInteractions({
       await finish(req, res, { error: 'access_denied', error_description: 'sign-in cancelled' });
       return true;
     }
+    if (req.method === 'GET' && action === 'enrol') {
+      const st = state.get(uid);
+      if (!st || st.step !== 'webauthn') {
+        send(res, 400, messagePage({ assets, title: 'Sign-in expired', text: 'Start again from the application.' }));
+        return true;
+      }
+      send(res, 200, otpPage({ assets, action: `${prefix}/interaction/${uid}/enrol-otp` }));
+      return true;
+    }
     if (req.method !== 'POST') {
       res.writeHead(405, { allow: 'GET, POST' }).end();
       return true;
@@ -173,7 +219,8 @@ export function makeInteractions({
     }
 
     const st = state.get(uid);
-    if (!st) {
+    const expected = { otp: 'otp', webauthn: 'webauthn', 'enrol-otp': 'webauthn', register: 'webauthn' };
+    if (!st || st.step !== expected[action]) {
       send(res, 400, messagePage({ assets, title: 'Sign-in expired', text: 'Start again from the application.' }));
       return true;
     }
@@ -186,18 +233,66 @@ export function makeInteractions({
         send(res, 429, page(), { 'retry-after': String(retry) });
         return true;
       }
-      const step = user.totp_secret
-        ? totp.verify(user.totp_secret, String(form.get('otp') || ''), { lastStep: user.totp_last_step })
-        : null;
-      if (step === null) {
+      if (!checkOtp(st.accountId, form.get('otp'))) {
         await failure(res, st.accountId, page);
         return true;
       }
-      user.totp_last_step = step; // a code is good once (RFC 6238 5.2)
-      store.save();
       lockout.succeed(st.accountId);
       state.delete(uid);
       await finish(req, res, accounts.loginResult(st.accountId, st.acr));
+      return true;
+    }
+
+    if (action === 'enrol-otp') {
+      const page = () => otpPage({ assets, action: `${prefix}/interaction/${uid}/enrol-otp`, error: true });
+      if (retry) {
+        send(res, 429, page(), { 'retry-after': String(retry) });
+        return true;
+      }
+      if (!realm.users[st.accountId].factors.includes('webauthn') || !checkOtp(st.accountId, form.get('otp'))) {
+        await failure(res, st.accountId, page);
+        return true;
+      }
+      lockout.succeed(st.accountId);
+      st.enrolOk = true;
+      await renderRegister(res, uid, st.accountId);
+      return true;
+    }
+
+    if (action === 'register') {
+      let registered = false;
+      if (!retry && st.enrolOk && st.challenge) {
+        try {
+          const result = await verifyRegistrationResponse({
+            response: JSON.parse(String(form.get('credential') || '')),
+            expectedChallenge: st.challenge,
+            expectedOrigin: issuerOrigin,
+            expectedRPID: new URL(issuerOrigin).hostname,
+            requireUserVerification: true,
+          });
+          if (result.verified) {
+            const { credential } = result.registrationInfo;
+            user.webauthn.push({
+              id: credential.id,
+              public_key: Buffer.from(credential.publicKey).toString('base64url'),
+              counter: credential.counter,
+            });
+            store.save();
+            registered = true;
+          }
+        } catch (err) {
+          process.stderr.write(`webauthn registration refused for ${st.accountId}: ${err.message}\n`);
+        }
+      }
+      st.challenge = undefined;
+      if (!registered) {
+        if (!retry) await sleep(lockout.fail(st.accountId));
+        if (st.enrolOk) await renderRegister(res, uid, st.accountId, true);
+        else send(res, 400, messagePage({ assets, title: 'Sign-in expired', text: 'Start again from the application.' }));
+        return true;
+      }
+      st.enrolOk = false; // one key per enrolment; now sign in with it
+      await renderWebauthn(res, uid, st.accountId);
       return true;
     }
 

@@ -47,7 +47,9 @@ function scriptJson(value) {
   return JSON.stringify(value).replace(/</g, '\\u003c').replace(/>/g, '\\u003e').replace(/&/g, '\\u0026');
 }
 
-export function webauthnPage({ assets, action, options, error = false }) {
+export function webauthnPage({
+  assets, action, options, error = false, enrolAction = null,
+}) {
   // Options travel as inert JSON; the self-served script runs the ceremony and posts back.
   return layout(assets, 'Security key', `
 <p>Use your security key or passkey to finish signing in.</p>${errorLine(error)}
@@ -55,7 +57,18 @@ export function webauthnPage({ assets, action, options, error = false }) {
 <form method="post" action="${esc(action)}" id="webauthn-form">
 <input type="hidden" name="credential" id="credential">
 <button type="button" id="webauthn-start">Use security key</button></form>
+${enrolAction ? `<p><a href="${esc(enrolAction)}">Register a new security key</a> (asks for your one-time code)</p>` : ''}
 <script src="${assets}/webauthn.js"></script>`);
+}
+
+export function registerPage({ assets, action, options, error = false }) {
+  return layout(assets, 'Register a security key', `
+<p>Touch your security key to register it for this account.</p>${errorLine(error)}
+<script type="application/json" id="webauthn-options">${scriptJson(options)}</script>
+<form method="post" action="${esc(action)}" id="webauthn-form">
+<input type="hidden" name="credential" id="credential">
+<button type="button" id="webauthn-start">Register security key</button></form>
+<script src="${assets}/webauthn-register.js"></script>`);
 }
 
 export function messagePage({ assets, title, text }) {
