@@ -122,7 +122,9 @@ def _is_ecdhe_aead(cipher: str) -> bool:
 
 @pytest.mark.control("NW-1")
 @pytest.mark.parametrize("service", ["gateway", "idp", "archive"])
-@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1])
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1], ids=["TLSv1.0", "TLSv1.1"]
+)
 def test_legacy_tls_refused(
     stack: dict[str, Any],
     legacy_tls_server: tuple[str, int],
