@@ -207,7 +207,10 @@ def print_summary(data: dict[str, Any]) -> None:
         f"    2. open {data['viewer_url']}, sign in as north-clinician (password + TOTP):",
         "       North General studies only; the VIP study of Vip^Dan is refused.",
         "    3. sign in as south-clinician: only South Valley Clinic studies.",
-        "    4. `make status`, `make logs`; `make down` stops everything (CLEAN=1 wipes data).",
+        f"    4. .venv/bin/dicomweb-cli login --stack {data['run_dir']}/stack.json "
+        "--user radiologist",
+        "       -> a DPoP-bound access token for scripts (see idp/client).",
+        "    5. `make status`, `make logs`; `make down` stops everything (CLEAN=1 wipes data).",
         "",
     ]
     print("\n".join(lines), flush=True)
