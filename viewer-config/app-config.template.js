@@ -113,9 +113,22 @@
     return m ? m[1] : null;
   }
 
-  // RFC 9470: sign in again at the level the gateway asks for, then come back to this URL
+  function openStudy(study) {
+    if (study) {
+      window.location.assign('/viewer?StudyInstanceUIDs=' + encodeURIComponent(study));
+    } else {
+      window.location.reload();
+    }
+  }
+
+  // RFC 9470: sign in again at the level the gateway asks for, then come back to the study
   // (OHIF stores the current path and query as its post-login target before redirecting).
-  function startStepUp(challenge) {
+  function startStepUp(challenge, study) {
+    if (stepUp) {
+      // This page load already follows a step-up sign-in: do not loop through the IdP.
+      showAlert('step-up-failed', 'A stronger sign-in is required but could not be obtained.');
+      return;
+    }
     var maxAge = challengeParam(challenge, 'max_age');
     window.sessionStorage.setItem(
       STEP_UP_KEY,
@@ -125,7 +138,7 @@
       })
     );
     forgetUser();
-    window.location.reload();
+    openStudy(study);
   }
 
   var breakGlassSent = false;
@@ -144,7 +157,7 @@
       })
       .then(function (response) {
         if (response.ok) {
-          window.location.reload();
+          openStudy(pending.study);
         } else {
           showAlert('break-glass-refused', 'Break-glass refused (HTTP ' + response.status + ').');
         }
@@ -161,11 +174,11 @@
     if (request && typeof request.getResponseHeader === 'function') {
       challenge = request.getResponseHeader('WWW-Authenticate') || '';
     }
+    var study = refusedStudy(request);
     if (status === 401 && challenge.indexOf('insufficient_user_authentication') !== -1) {
-      startStepUp(challenge);
+      startStepUp(challenge, study);
       return;
     }
-    var study = refusedStudy(request);
     if ((status === 403 || status === 404) && study) {
       var pending = readJson(BREAK_GLASS_KEY);
       if (pending && pending.study === study && !breakGlassSent) {

@@ -1,0 +1,507 @@
+"""The OHIF viewer behind the gateway, driven in Debian Chromium (docs/viewer.md).
+
+Chromium trusts the deployment only through `--ignore-certificate-errors-spki-list` with the
+SPKI hashes of the stack's CA and server certificates (a fresh profile per test); nothing else
+is relaxed. Every page load records Content-Security-Policy violations and requests to other
+origins; each test asserts there were none.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pyotp
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
+from ztstack import demo_data
+
+pytestmark = [pytest.mark.e2e]
+
+REPO = Path(__file__).resolve().parent.parent
+REPORTS = REPO / "reports"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+MFA, PHR = "urn:zt:acr:mfa", "urn:zt:acr:phr"
+
+# Catches violations before any page script runs (init scripts are exempt from the page CSP).
+RECORD_CSP = """
+window.__cspViolations = [];
+document.addEventListener('securitypolicyviolation', (e) => window.__cspViolations.push(
+  {directive: e.effectiveDirective, blocked: e.blockedURI, source: e.sourceFile}));
+"""
+CANVAS_STATS = """
+() => {
+  let best = null;
+  for (const c of document.querySelectorAll('canvas')) {
+    if (c.width < 64 || c.height < 64) continue;
+    const ctx = c.getContext('2d');
+    if (!ctx) continue;
+    const d = ctx.getImageData(0, 0, c.width, c.height).data;
+    let min = 255, max = 0, sum = 0, n = 0;
+    for (let i = 0; i < d.length; i += 16) {
+      const v = (d[i] + d[i + 1] + d[i + 2]) / 3;
+      min = Math.min(min, v); max = Math.max(max, v); sum += v; n++;
+    }
+    const stats = {width: c.width, height: c.height, min, max, mean: sum / n};
+    if (!best || stats.max - stats.min > best.max - best.min) best = stats;
+  }
+  return best;
+}
+"""
+
+
+# --- demo data (the same deterministic UIDs the seed uploaded) ---------------------------
+
+
+def studies_where(pred: Any) -> set[str]:
+    return {s.study_instance_uid for s in demo_data.STUDIES if pred(s)}
+
+
+NORTH_PERMITTED = studies_where(
+    lambda s: s.patient.institution == demo_data.NORTH and s.patient.patient_id != "ZT-P004"
+)
+NORTH_CT = demo_data.study("p001-ct-chest")
+SOUTH_CT = demo_data.study("p002-ct-abdomen")
+VIP_CT = demo_data.study("p004-ct-head")
+
+
+def orthanc_id(*uids: str) -> str:
+    """Orthanc's resource identifier: SHA-1 of the identifying UIDs, in 5 dashed groups."""
+    h = hashlib.sha1("|".join(uids).encode()).hexdigest()
+    return "-".join(h[i : i + 8] for i in range(0, 40, 8))
+
+
+def archive_names_of(study: demo_data.Study) -> set[str]:
+    """Every name the archive could be asked for this study by: DICOM UIDs and Orthanc IDs."""
+    pid, st, se = study.patient.patient_id, study.study_instance_uid, study.series_instance_uid
+    names = {st, se, orthanc_id(pid, st), orthanc_id(pid, st, se)}
+    for n in range(1, demo_data.SLICES + 1):
+        sop = study.sop_instance_uid(n)
+        names |= {sop, orthanc_id(pid, st, se, sop)}
+    return names
+
+
+# --- browser -------------------------------------------------------------------------------
+
+
+def spki_hashes(stack: dict[str, Any]) -> list[str]:
+    """base64(SHA-256(SubjectPublicKeyInfo)) of the CA and of every server certificate."""
+    pki = Path(stack["ca_cert"]).parent
+    hashes = []
+    for pem in sorted(pki.glob("*.pem")):
+        cert = x509.load_pem_x509_certificate(pem.read_bytes())
+        der = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        hashes.append(base64.b64encode(hashlib.sha256(der).digest()).decode())
+    return hashes
+
+
+@dataclass
+class Session:
+    """One Chromium profile on the viewer, with what its pages did."""
+
+    stack: dict[str, Any]
+    context: BrowserContext
+    page: Page
+    foreign: list[str] = field(default_factory=list)
+    responses: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def gateway(self) -> str:
+        return str(self.stack["gateway_url"])
+
+    def csp_violations(self) -> list[Any]:
+        return list(self.page.evaluate("window.__cspViolations || []"))
+
+    def sign_in(self, path: str, user: str, second_factor: str = "otp") -> None:
+        """Open `path` on the gateway and complete the IdP's login (the viewer redirects)."""
+        creds = self.stack["users"][user]
+        self.page.goto(self.gateway + path)
+        self.page.wait_for_selector("input[name=username]", timeout=60_000)
+        self.page.fill("input[name=username]", user)
+        self.page.fill("input[name=password]", creds["password"])
+        self.page.click("button[type=submit]")
+        if second_factor == "otp":
+            self.page.wait_for_selector("input[name=otp]", timeout=30_000)
+            self.page.fill("input[name=otp]", fresh_totp(creds["totp_secret"]))
+            self.page.click("button[type=submit]")
+        self.page.wait_for_url(self.gateway + "/**", timeout=60_000)
+
+    def user(self) -> dict[str, Any]:
+        """The signed-in user as oidc-client-ts stores it (same origin, sessionStorage)."""
+        key = f"oidc.user:{self.stack['idp_issuer']}:ohif-viewer"
+        raw = self.page.evaluate("(k) => sessionStorage.getItem(k)", key)
+        assert raw, "the viewer holds no signed-in user"
+        return dict(json.loads(raw))
+
+    def access_claims(self) -> dict[str, Any]:
+        return _claims(self.user()["access_token"])
+
+    def wait_for_image(self, timeout: float = 90.0) -> dict[str, Any]:
+        """Poll the viewport canvases until one shows a non-uniform image."""
+        deadline = time.monotonic() + timeout
+        stats: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            stats = self.page.evaluate(CANVAS_STATS)
+            if stats and stats["max"] - stats["min"] > 40:
+                return stats
+            time.sleep(1)
+        raise AssertionError(f"no rendered image within {timeout} s (last canvas: {stats})")
+
+    def screenshot(self, name: str) -> Path:
+        REPORTS.mkdir(exist_ok=True)
+        path = REPORTS / name
+        self.page.screenshot(path=str(path))
+        return path
+
+
+_LAST_TOTP: dict[str, str] = {}
+
+
+def fresh_totp(secret: str) -> str:
+    """A TOTP code not used before in this session (the IdP refuses a replayed time step)."""
+    totp = pyotp.TOTP(secret)
+    code = totp.now()
+    while _LAST_TOTP.get(secret) == code:
+        time.sleep(1)
+        code = totp.now()
+    _LAST_TOTP[secret] = code
+    return code
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture
+def viewer(stack: dict[str, Any], playwright: Playwright, tmp_path: Path) -> Iterator[Session]:
+    args = [*CHROMIUM_ARGS, "--ignore-certificate-errors-spki-list=" + ",".join(spki_hashes(stack))]
+    # A persistent context is the fresh user-data-dir the SPKI allow-list needs.
+    context = playwright.chromium.launch_persistent_context(
+        str(tmp_path / "chromium-profile"),
+        executable_path=CHROMIUM,
+        args=args,
+        headless=True,
+        viewport={"width": 1400, "height": 900},
+    )
+    context.add_init_script(RECORD_CSP)
+    page = context.pages[0] if context.pages else context.new_page()
+    session = Session(stack, context, page)
+    allowed = {_origin(stack["gateway_url"]), _origin(stack["idp_issuer"])}
+
+    def on_request(request: Any) -> None:
+        url = request.url
+        if not url.startswith(("data:", "blob:")) and _origin(url) not in allowed:
+            session.foreign.append(url)
+
+    context.on("request", on_request)
+    context.on("response", lambda r: session.responses.append((r.status, r.url)))
+    try:
+        yield session
+    finally:
+        context.close()
+    assert session.foreign == [], f"requests left the deployment: {session.foreign}"
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+# --- tests ---------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.control("AP-1")
+@pytest.mark.control("ID-3")
+def test_clinician_sees_exactly_permitted_studies_and_a_ct_renders(viewer: Session) -> None:
+    searches: list[Any] = []
+    viewer.page.on(
+        "response",
+        lambda r: searches.append(r) if "/dicom-web/studies?" in r.url else None,
+    )
+    viewer.sign_in("/", "north-clinician")
+    viewer.page.wait_for_selector(f"text={NORTH_CT.accession_number}", timeout=60_000)
+    time.sleep(1)
+    claims = viewer.access_claims()
+    assert claims["acr"] == MFA and "otp" in claims["amr"]
+    assert claims["aud"] in (viewer.stack["resource"], [viewer.stack["resource"]])
+
+    listed: set[str] = set()
+    for response in searches:
+        assert response.status == 200
+        listed |= {s["0020000D"]["Value"][0] for s in response.json()}
+    assert listed == NORTH_PERMITTED
+    text = viewer.page.inner_text("body")
+    for s in demo_data.STUDIES:
+        shown = s.accession_number in text
+        assert shown == (s.study_instance_uid in NORTH_PERMITTED), s.key
+    viewer.screenshot("viewer-study-list.png")
+
+    viewer.page.goto(f"{viewer.gateway}/viewer?StudyInstanceUIDs={NORTH_CT.study_instance_uid}")
+    stats = viewer.wait_for_image()
+    assert stats["max"] - stats["min"] > 40
+    _dismiss_tour(viewer.page)
+    viewer.screenshot("viewer-ct.png")
+    assert viewer.csp_violations() == []
+
+
+@pytest.mark.browser
+@pytest.mark.control("AP-1")
+def test_direct_link_to_other_site_is_denied_and_archive_never_asked(
+    viewer: Session, archive_log: Any
+) -> None:
+    viewer.sign_in("/", "north-clinician")
+    viewer.page.wait_for_selector(f"text={NORTH_CT.accession_number}", timeout=60_000)
+    mark = archive_log.mark()
+    viewer.page.goto(f"{viewer.gateway}/viewer?StudyInstanceUIDs={SOUTH_CT.study_instance_uid}")
+    alert = viewer.page.wait_for_selector(
+        "#zt-viewer-alert[data-state=access-denied]", timeout=60_000
+    )
+    assert alert is not None and "Access denied" in alert.inner_text()
+    refused = [
+        (status, url)
+        for status, url in viewer.responses
+        if SOUTH_CT.study_instance_uid in url and "/dicom-web/studies/" in url
+    ]
+    assert refused and all(status in (403, 404) for status, _ in refused)
+    time.sleep(2)  # let any straggling request reach the archive before looking
+    names = archive_names_of(SOUTH_CT)
+    touched = [e for e in archive_log.since(mark) if any(n in e.uri for n in names)]
+    assert touched == [], f"the archive was asked for the refused study: {touched}"
+    assert SOUTH_CT.patient.name.split("^")[0] not in viewer.page.inner_text("#root")
+    viewer.screenshot("viewer-access-denied.png")
+    assert viewer.csp_violations() == []
+
+
+def _add_virtual_authenticator(viewer: Session, webauthn: dict[str, str]) -> None:
+    """Chromium's virtual authenticator holding the radiologist's pre-registered credential."""
+    cdp = viewer.context.new_cdp_session(viewer.page)
+    cdp.send("WebAuthn.enable", {"enableUI": False})
+    added = cdp.send(
+        "WebAuthn.addVirtualAuthenticator",
+        {
+            "options": {
+                "protocol": "ctap2",
+                "transport": "usb",
+                "hasResidentKey": True,
+                "hasUserVerification": True,
+                "isUserVerified": True,
+                "automaticPresenceSimulation": True,
+            }
+        },
+    )
+
+    def std_b64(value: str) -> str:
+        return base64.b64encode(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))).decode()
+
+    cdp.send(
+        "WebAuthn.addCredential",
+        {
+            "authenticatorId": added["authenticatorId"],
+            "credential": {
+                "credentialId": std_b64(webauthn["credential_id"]),
+                "isResidentCredential": False,
+                "rpId": webauthn["rp_id"],
+                "privateKey": webauthn["private_key_pkcs8"],
+                "userHandle": std_b64(webauthn["user_handle"]),
+                "signCount": 0,
+            },
+        },
+    )
+
+
+@pytest.mark.browser
+@pytest.mark.control("ID-3")
+def test_webauthn_sign_in_reaches_phishing_resistant_level(viewer: Session) -> None:
+    creds = viewer.stack["users"]["radiologist"]
+    _add_virtual_authenticator(viewer, creds["webauthn"])
+    # What the viewer does on an RFC 9470 challenge for acr_values=phr (app-config.js): the next
+    # sign-in asks for the phishing-resistant level. Set it on a viewer page, then open a study.
+    viewer.page.goto(viewer.gateway + "/break-glass")
+    viewer.page.evaluate(
+        "(acr) => sessionStorage.setItem('zt-step-up', JSON.stringify({acr_values: acr}))", PHR
+    )
+    viewer.sign_in(
+        f"/viewer?StudyInstanceUIDs={NORTH_CT.study_instance_uid}", "radiologist", "webauthn"
+    )
+    stats = viewer.wait_for_image()
+    assert stats["max"] - stats["min"] > 40
+    claims = viewer.access_claims()
+    assert claims["acr"] == PHR
+    assert {"hwk", "swk"} & set(claims["amr"]) and "otp" not in claims["amr"]
+    assert viewer.csp_violations() == []
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(600)
+def test_sign_out_revokes_tokens(viewer: Session, https: Any) -> None:
+    viewer.sign_in("/", "north-clinician")
+    viewer.page.wait_for_selector(f"text={NORTH_CT.accession_number}", timeout=60_000)
+    user = viewer.user()
+    access, refresh = user["access_token"], user.get("refresh_token")
+    dicomweb = viewer.stack["dicomweb_url"]
+    bearer = {"Authorization": f"Bearer {access}"}
+    assert https.get(f"{dicomweb}/studies", headers=bearer).status_code == 200
+
+    revoked = []
+    viewer.page.on("request", lambda r: revoked.append(r.url) if "revocation" in r.url else None)
+    viewer.page.goto(viewer.gateway + "/logout")
+    viewer.page.click("button[name=logout]", timeout=60_000)
+    viewer.page.wait_for_selector("input[name=username]", timeout=60_000)  # signed out
+    assert revoked, "the viewer did not call the revocation endpoint"
+    key = f"oidc.user:{viewer.stack['idp_issuer']}:ohif-viewer"
+    viewer.page.goto(viewer.gateway + "/break-glass")
+    assert viewer.page.evaluate("(k) => sessionStorage.getItem(k)", key) is None
+
+    discovery = https.get(viewer.stack["idp_issuer"] + "/.well-known/openid-configuration").json()
+    if refresh:
+        answer = https.post(
+            discovery["token_endpoint"],
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": refresh,
+                "client_id": "ohif-viewer",
+            },
+            headers={"Origin": viewer.gateway},
+        )
+        assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+
+    # A JWT access token is checked locally by the gateway: it stops working at its expiry.
+    exp = _claims(access)["exp"]
+    time.sleep(max(0.0, exp - time.time()) + 31)  # leeway_seconds: 30
+    answer = https.get(f"{dicomweb}/studies", headers=bearer)
+    assert answer.status_code == 401
+    assert "invalid_token" in answer.headers["www-authenticate"]
+
+
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+def _dismiss_tour(page: Page) -> None:
+    skip = page.query_selector("text=Skip all")
+    if skip is not None:
+        skip.click()
+        time.sleep(0.5)
+
+
+@pytest.mark.browser
+def test_break_glass_opens_a_vip_study_after_reason_and_fresh_mfa(viewer: Session) -> None:
+    viewer.sign_in("/", "er-physician")
+    viewer.page.wait_for_selector(f"text={NORTH_CT.accession_number}", timeout=60_000)
+    first_login = viewer.access_claims()["auth_time"]
+    viewer.page.goto(f"{viewer.gateway}/viewer?StudyInstanceUIDs={VIP_CT.study_instance_uid}")
+    viewer.page.click("#zt-viewer-alert[data-state=access-denied] a", timeout=60_000)
+    viewer.page.wait_for_url(f"{viewer.gateway}/break-glass?**")
+    viewer.page.fill("#reason", "Unconscious patient in the emergency room, prior CT needed")
+    grants: list[Any] = []
+    viewer.page.on(
+        "response", lambda r: grants.append(r) if r.url.endswith("/admin/break-glass") else None
+    )
+    creds = viewer.stack["users"]["er-physician"]
+    viewer.page.click("#submit")
+    # The fresh MFA sign-in (prompt=login, max_age=0) the break-glass page asked for.
+    viewer.page.wait_for_selector("input[name=username]", timeout=60_000)
+    viewer.page.fill("input[name=username]", "er-physician")
+    viewer.page.fill("input[name=password]", creds["password"])
+    viewer.page.click("button[type=submit]")
+    viewer.page.wait_for_selector("input[name=otp]", timeout=30_000)
+    viewer.page.fill("input[name=otp]", fresh_totp(creds["totp_secret"]))
+    viewer.page.click("button[type=submit]")
+    stats = viewer.wait_for_image()
+    assert stats["max"] - stats["min"] > 40
+    assert [g.status for g in grants] == [201]
+    claims = viewer.access_claims()
+    assert claims["acr"] == MFA and claims["auth_time"] >= first_login
+    assert f"StudyInstanceUIDs={VIP_CT.study_instance_uid}" in viewer.page.url
+    viewer.screenshot("viewer-break-glass.png")
+    assert viewer.csp_violations() == []
+
+
+@pytest.mark.browser
+def test_break_glass_page_needs_a_valid_study_and_reason(viewer: Session) -> None:
+    viewer.page.goto(f"{viewer.gateway}/break-glass?study=not-a-uid")
+    assert viewer.page.is_hidden("#break-glass-form")
+    assert "No valid study" in viewer.page.inner_text("#message")
+    viewer.page.goto(f"{viewer.gateway}/break-glass?study={VIP_CT.study_instance_uid}")
+    viewer.page.fill("#reason", "short")
+    viewer.page.click("#submit")
+    assert "at least 10" in viewer.page.inner_text("#message")
+    assert viewer.page.url.startswith(f"{viewer.gateway}/break-glass")
+    stored = viewer.page.evaluate("sessionStorage.getItem('zt-break-glass')")
+    assert stored is None
+    assert viewer.csp_violations() == []
+
+
+def _directives(csp: str) -> dict[str, list[str]]:
+    out = {}
+    for part in csp.split(";"):
+        name, *sources = part.split()
+        out[name] = sources
+    return out
+
+
+@pytest.mark.control("NW-2")
+def test_viewer_response_headers(stack: dict[str, Any], https: Any) -> None:
+    gateway = stack["gateway_url"]
+    index = https.get(gateway + "/")
+    assert index.status_code == 200 and 'id="root"' in index.text
+    bundle = next(
+        p for p in index.text.split('"') if p.startswith("/app.bundle.") and p.endswith(".js")
+    )
+    answers = {
+        "/": (index, "no-cache"),
+        "/viewer?StudyInstanceUIDs=1.2.3": (
+            https.get(gateway + "/viewer?StudyInstanceUIDs=1.2.3"),
+            "no-cache",
+        ),
+        "/app-config.js": (https.get(gateway + "/app-config.js"), "no-cache"),
+        bundle: (https.get(gateway + bundle), "public, max-age=31536000, immutable"),
+        "/break-glass": (https.get(gateway + "/break-glass"), "no-cache"),
+    }
+    for path, (r, cache) in answers.items():
+        assert r.status_code == 200, path
+        assert r.headers["cache-control"] == cache, path
+        hsts = dict(
+            p.strip().partition("=")[::2] for p in r.headers["strict-transport-security"].split(";")
+        )
+        assert int(hsts["max-age"]) >= 31536000, path
+        assert r.headers["x-content-type-options"] == "nosniff", path
+        csp = _directives(r.headers["content-security-policy"])
+        assert csp["default-src"] == ["'none'"], path
+        assert csp["frame-ancestors"] == ["'none'"] and csp["object-src"] == ["'none'"], path
+        assert "'unsafe-inline'" not in csp["script-src"], path
+        assert "'unsafe-eval'" not in csp["script-src"], path
+        assert csp["connect-src"] == ["'self'", _origin(stack["idp_issuer"])], path
+    config = answers["/app-config.js"][0].text
+    assert f'"{gateway}"' in config and "response_type: 'code'" in config
+    # The API prefixes never fall back to the viewer.
+    for path in ("/dicom-web/nothing", "/admin/nothing", "/.well-known/nothing"):
+        r = https.get(gateway + path)
+        assert r.status_code == 404 and "<html" not in r.text, path
+    # Plain HTTP carries no viewer data: a redirect with an empty body.
+    plain = httpx.get(stack["gateway_http_url"] + "/viewer", follow_redirects=False)
+    assert plain.status_code in (301, 308) and plain.content == b""
+    assert plain.headers["location"].startswith(gateway)
