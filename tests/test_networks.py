@@ -238,10 +238,17 @@ PROBE = textwrap.dedent(
 
     out["https_full"] = https(True, True)
     out["https_no_cert"] = https(False, True)
+    # Plain HTTP to the HTTPS port: whatever comes back must not be an HTTP answer with data.
     try:
-        socket.create_connection((a["host"], a["http"]), timeout=5).sendall(
-            b"GET /system HTTP/1.0\\r\\n\\r\\n")
-        out["http_plain"] = "sent"
+        with socket.create_connection((a["host"], a["http"]), timeout=5) as s:
+            s.sendall(b"GET /system HTTP/1.0\\r\\nHost: archive\\r\\n\\r\\n")
+            reply = b""
+            while len(reply) < 65536:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        out["http_plain"] = reply[:200].decode("latin-1")
     except OSError as e:
         out["http_plain"] = type(e).__name__
 
@@ -339,6 +346,8 @@ def test_archive_refuses_other_addresses(
     assert out["https_full"].get("status") in (401, 403), out
     assert "ZT-P00" not in out["https_full"].get("body", ""), out
     assert "error" in out["https_no_cert"], out
+    assert not out["http_plain"].startswith("HTTP/1.1 200"), out
+    assert "ZT-P00" not in out["http_plain"] and "Orthanc" not in out["http_plain"], out
     # DICOM: the registered device's AE title and certificate from the wrong host: rejected.
     assert out["dicom_registered_device"].get("established") is not True, out
     assert out["dicom_no_cert"].get("established") is not True, out
