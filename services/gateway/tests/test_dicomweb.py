@@ -452,7 +452,7 @@ async def test_client_headers_not_forwarded(
         | {"X-Forwarded-Host": "evil.test", "Forwarded": "host=evil.test", "Cookie": "a=b"},
     )
     sent = archive.requests[-1].headers
-    assert sent["forwarded"] == 'host="gateway.test:8443";proto=https'
+    assert sent["forwarded"] == "host=gateway.test:8443;proto=https"
     assert "x-forwarded-host" not in sent and "cookie" not in sent
     assert sent["authorization"].startswith("Basic ")
 

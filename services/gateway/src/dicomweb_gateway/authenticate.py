@@ -99,6 +99,9 @@ class JwksCache:
             if self._fetched_at is None or now - self._fetched_at >= self._min_refresh:
                 await self.refresh()
             key = self._lookup(kid)
+            if self._keys is None:
+                # Never had the issuer's keys: no token can be judged, so fail closed (AO-2).
+                raise service_unavailable("issuer keys not loaded")
         if key is None:
             raise invalid_token(f"unknown kid {kid[:64]!r}")
         return key

@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .archive.orthanc import DICOMWEB_ROOT, WADO_URI_ROOT, OrthancArchive
+from .archive.orthanc import DICOMWEB_ROOT, WADO_URI_ROOT, OrthancArchive, frames_accept
 from .context import Action, RequestContext, StudyRef
 from .errors import GatewayError, bad_request, not_found
 from .forward import archive_error, request_headers, stream_response
@@ -192,6 +192,10 @@ async def retrieve(request: Request, ctx: RequestContext, resource: Resource) ->
     headers.pop("content-type", None)
     if resource.transaction in THUMBNAILS:
         headers["accept"] = "image/jpeg"
+    elif resource.transaction in (Transaction.RETRIEVE_FRAMES, Transaction.RETRIEVE_BULKDATA):
+        accept = frames_accept(headers.get("accept"))
+        if accept:
+            headers["accept"] = accept
     await state.auditor.preflight()
     ctx.forwarded = True
     upstream = await archive.send("GET", path, query, headers)

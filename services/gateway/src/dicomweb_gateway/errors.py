@@ -110,6 +110,9 @@ def bad_request(code: str, public: str, detail: str = "") -> GatewayError:
 def service_unavailable(detail: str, retry_after: int = 5) -> GatewayError:
     """Fail closed (AO-2): a dependency is down; nothing was forwarded."""
     return GatewayError(
-        503, "unavailable", "service temporarily unavailable", detail,
+        503,
+        "unavailable",
+        "service temporarily unavailable",
+        detail,
         {"Retry-After": str(retry_after)},
     )

@@ -7,13 +7,15 @@ Every difference between this archive and plain PS3.18 lives here (ARCHITECTURE 
   (parse.QidoQuery.archive_query) and are sent as a raw query string;
 - the plugin has no DELETE: a study or series is deleted through Orthanc's REST API after
   looking its Orthanc identifier up with /tools/lookup;
-- the plugin has no thumbnails: an instance thumbnail is a small rendered image.
+- the plugin has no thumbnails: an instance thumbnail is a small rendered image;
+- the plugin refuses `type="*/*"` in a frames Accept header (`frames_accept`).
 The archive's credentials and client certificate are injected in exactly one place
 (`_ArchiveAuth` and the client's TLS context).
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from collections import OrderedDict
@@ -84,8 +86,10 @@ class OrthancArchive:
         self.base_url = base_url.rstrip("/")
         self.public_url = public_url.rstrip("/")
         public = urlsplit(self.public_url)
-        # RFC 7239: host and proto of the gateway as the client sees it.
-        self.forwarded = f'host="{public.netloc}";proto={public.scheme}'
+        # RFC 7239: host and proto of the gateway as the client sees it. RFC 7239 wants
+        # `host="name:port"` quoted, but plugin 1.7 copies the quotes into every URL it builds,
+        # so the value goes unquoted (it holds no characters that need quoting).
+        self.forwarded = f"host={public.netloc};proto={public.scheme}"
         self.client = httpx.AsyncClient(
             base_url=self.base_url,
             auth=_ArchiveAuth(username, password),
@@ -234,6 +238,18 @@ class OrthancArchive:
                     f"archive DELETE {path} -> {response.status_code}",
                 )
         return True
+
+
+_ANY_TYPE = re.compile(r'type="?\*/\*"?', re.IGNORECASE)
+
+
+def frames_accept(accept: str | None) -> str | None:
+    """Plugin 1.7 refuses `multipart/related; type="*/*"` for frames and bulk data (400), which
+    PS3.18 8.7.3.5.2 allows and dicomweb-client sends by default: ask for what it means, any
+    transfer syntax as application/octet-stream parts."""
+    if accept and _ANY_TYPE.search(accept):
+        return 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    return accept
 
 
 def _value(item: Mapping[str, Any], tag: str) -> str | None:

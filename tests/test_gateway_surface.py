@@ -1,0 +1,278 @@
+"""The DICOMweb surface through the running gateway: a real third-party client round trip
+(dicomweb-client), the route/method allow-lists and malformed requests from the attack corpus
+(AP-2), resource limits (AP-3), no internal URLs (AP-4), the preamble control (AP-5) and safe
+errors (AP-6). Every refusal also checks that the archive's request log shows nothing for it.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+import requests
+import yaml
+from dicomweb_client.api import DICOMwebClient
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+pytestmark = pytest.mark.e2e
+
+CORPUS = yaml.safe_load(
+    (Path(__file__).parent / "attack-corpus" / "gateway-requests.yaml").read_text()
+)
+SCOPES = "openid user/ImagingStudy.rs user/ImagingStudy.c"
+PE_PREAMBLE = b"MZ" + bytes(0x3A) + (0x40).to_bytes(4, "little") + b"PE\0\0"
+
+
+def new_instance(study: str | None = None, rows: int = 64) -> pydicom.Dataset:
+    """A small CT-like image for a North General patient (ingest labels it site:north)."""
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "ZT-E2E-" + ds.StudyInstanceUID[-6:]
+    ds.PatientName = "Roundtrip^Test"
+    ds.InstitutionName = "North General Hospital"
+    ds.StudyDate = "20260101"
+    ds.Modality = "OT"
+    ds.Rows = rows
+    ds.Columns = rows
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    rng = np.random.default_rng(int(time.time()))
+    ds.PixelData = rng.integers(0, 4095, size=(rows, rows), dtype=np.uint16).tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds
+
+
+def file_bytes(ds: pydicom.Dataset, preamble: bytes | None = None) -> bytes:
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    data = out.getvalue()
+    if preamble is not None:
+        data = preamble.ljust(128, b"\0") + data[128:]
+    return data
+
+
+def multipart(parts: list[bytes], boundary: str = "zt-e2e-boundary") -> tuple[str, bytes]:
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
+        for p in parts
+    ) + f"--{boundary}--\r\n".encode()
+    return f'multipart/related; type="application/dicom"; boundary={boundary}', body
+
+
+@pytest.fixture(scope="module")
+def token(tokens: Any) -> str:
+    return str(tokens.user("radiologist", SCOPES).access_token)
+
+
+@pytest.fixture(scope="module")
+def dicomweb(stack: dict[str, Any], token: str) -> DICOMwebClient:
+    session = requests.Session()
+    session.trust_env = False  # else REQUESTS_CA_BUNDLE overrides the deployment CA
+    session.verify = stack["ca_cert"]
+    session.headers["Authorization"] = f"Bearer {token}"
+    return DICOMwebClient(url=stack["dicomweb_url"], session=session)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_no_leak(stack: dict[str, Any], response: httpx.Response) -> None:
+    archive = stack["archive"]["http_url"]
+    port = archive.rsplit(":", 1)[1]
+    text = response.content.decode("latin-1").lower()
+    headers = "\n".join(f"{k}: {v}" for k, v in response.headers.items()).lower()
+    for needle in (archive.lower(), f":{port}/", "orthanc", "traceback", "1.10.1"):
+        assert needle not in text, needle
+        assert needle not in headers, needle
+    assert "server" not in response.headers
+
+
+# ---------------------------------------------------------------- the round trip
+
+
+@pytest.mark.control("AP-5")
+def test_round_trip_with_dicomweb_client(
+    stack: dict[str, Any], dicomweb: DICOMwebClient, https: httpx.Client, token: str
+) -> None:
+    ds = new_instance()
+    sent = file_bytes(ds)
+    dicomweb.store_instances(datasets=[pydicom.dcmread(io.BytesIO(sent))])
+
+    found = dicomweb.search_for_studies(search_filters={"PatientID": ds.PatientID})
+    assert [s["0020000D"]["Value"][0] for s in found] == [ds.StudyInstanceUID]
+    series = dicomweb.search_for_series(ds.StudyInstanceUID)
+    assert series[0]["0020000E"]["Value"][0] == ds.SeriesInstanceUID
+
+    back = dicomweb.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                      ds.SOPInstanceUID)
+    assert back.PixelData == ds.PixelData  # byte-identical pixel data
+    frames = dicomweb.retrieve_instance_frames(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                               ds.SOPInstanceUID, frame_numbers=[1])
+    assert frames[0] == ds.PixelData
+    metadata = dicomweb.retrieve_study_metadata(ds.StudyInstanceUID)
+    assert metadata[0]["00080018"]["Value"][0] == ds.SOPInstanceUID
+
+    # The raw bytes: every application/dicom part has an all-zero preamble (AP-5).
+    r = https.get(f"{stack['dicomweb_url']}/studies/{ds.StudyInstanceUID}", headers=auth(token))
+    assert r.status_code == 200
+    at = r.content.index(b"DICM")
+    assert r.content[at - 128 : at] == bytes(128)
+    assert r.content[at - 128 :].find(sent[128:300]) == 0
+    assert_no_leak(stack, r)
+
+
+@pytest.mark.control("AP-5")
+def test_executable_preamble_refused(
+    stack: dict[str, Any], https: httpx.Client, archive_log: Any, token: str
+) -> None:
+    for preamble in (PE_PREAMBLE, b"\x7fELF\x02\x01\x01", b"\xcf\xfa\xed\xfe", b"#!/bin/sh\n"):
+        ds = new_instance()
+        ctype, body = multipart([file_bytes(ds, preamble)])
+        mark = archive_log.mark()
+        r = https.post(f"{stack['dicomweb_url']}/studies", content=body,
+                       headers=auth(token) | {"Content-Type": ctype})
+        assert r.status_code == 409, r.text
+        failed = r.json()["00081198"]["Value"][0]
+        assert failed["00081155"]["Value"] == [ds.SOPInstanceUID]
+        assert archive_log.since(mark) == []
+
+
+# ---------------------------------------------------------------- allow-lists and malformed
+
+
+@pytest.fixture(scope="module")
+def uids(dicomweb: DICOMwebClient) -> dict[str, str]:
+    first = dicomweb.search_for_instances()[0]
+    return {"A": first["0020000D"]["Value"][0], "A_series": first["0020000E"]["Value"][0],
+            "A_instance": first["00080018"]["Value"][0], "root": "/dicom-web"}
+
+
+@pytest.mark.control("AP-2")
+@pytest.mark.control("AP-6")
+@pytest.mark.parametrize("case_id", [c["id"] for c in CORPUS["malformed"]])
+def test_malformed_requests(
+    stack: dict[str, Any], https: httpx.Client, archive_log: Any, token: str,
+    uids: dict[str, str], case_id: str,
+) -> None:
+    case = next(c for c in CORPUS["malformed"] if c["id"] == case_id)
+    expected = case["expect"] if isinstance(case["expect"], list) else [case["expect"]]
+    headers = auth(token)
+    if case.get("content_type"):
+        headers["Content-Type"] = case["content_type"]
+    if case.get("content_encoding"):
+        headers["Content-Encoding"] = case["content_encoding"]
+    url = stack["gateway_url"] + case["path"].format(**uids)
+    mark = archive_log.mark()
+    r = https.request(case["method"], url, headers=headers,
+                      content=case.get("body", "").encode())
+    assert r.status_code in expected, (case_id, r.status_code, r.text)
+    if r.status_code == 405:
+        assert r.headers.get("allow")
+    if r.status_code >= 400 and r.status_code != 409:  # 409: the PS3.18 store response
+        assert r.json()["error"]  # a code and public text, nothing else
+    assert_no_leak(stack, r)
+    # Owner look-ups for a real study are allowed; no request names the malformed thing.
+    assert [e for e in archive_log.since(mark) if "tools" in e.uri or "system" in e.uri
+            or e.method not in ("GET",)] == []
+
+
+# ---------------------------------------------------------------- resource limits (AP-3)
+
+
+@pytest.mark.control("AP-3")
+def test_qido_limit_clamped(stack: dict[str, Any], https: httpx.Client, token: str,
+                            extra_gateway: Any) -> None:
+    with extra_gateway({"limits": {"qido_max_limit": 2}}) as gw:
+        r = https.get(f"{gw.url}/dicom-web/studies?limit=1000", headers=auth(token))
+        assert r.status_code == 200 and len(r.json()) == 2
+        r = https.get(f"{gw.url}/dicom-web/instances", headers=auth(token))
+        assert len(r.json()) == 2
+
+
+@pytest.mark.control("AP-3")
+def test_stow_size_cap_and_compression(
+    stack: dict[str, Any], https: httpx.Client, archive_log: Any, token: str, extra_gateway: Any
+) -> None:
+    ds = new_instance(rows=256)
+    ctype, body = multipart([file_bytes(ds)])
+    with extra_gateway({"limits": {"stow_max_bytes": 65536}}) as gw:
+        mark = archive_log.mark()
+        r = https.post(f"{gw.url}/dicom-web/studies", content=body,
+                       headers=auth(token) | {"Content-Type": ctype})
+        assert r.status_code == 413
+        # Without a Content-Length (chunked), the cap still holds while reading.
+        r = https.post(f"{gw.url}/dicom-web/studies", content=iter([body[:40000], body[40000:]]),
+                       headers=auth(token) | {"Content-Type": ctype})
+        assert r.status_code == 413
+        r = https.post(f"{gw.url}/dicom-web/studies", content=b"\x1f\x8b" + bytes(30),
+                       headers=auth(token) | {"Content-Type": ctype, "Content-Encoding": "gzip"})
+        assert r.status_code == 415
+        assert archive_log.since(mark) == []
+
+
+@pytest.mark.control("AP-3")
+def test_rate_limit(stack: dict[str, Any], https: httpx.Client, token: str,
+                    extra_gateway: Any) -> None:
+    with extra_gateway({"limits": {"requests_per_minute": 10}, "workers": 1}) as gw:
+        statuses = [https.get(f"{gw.url}/dicom-web/studies", headers=auth(token)).status_code
+                    for _ in range(14)]
+        assert statuses[0] == 200 and 429 in statuses
+        r = https.get(f"{gw.url}/dicom-web/studies", headers=auth(token))
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+
+
+# ---------------------------------------------------------------- AP-4 / AP-6
+
+
+@pytest.mark.control("AP-4")
+def test_no_internal_urls(stack: dict[str, Any], https: httpx.Client, token: str,
+                          uids: dict[str, str]) -> None:
+    base = stack["dicomweb_url"]
+    a, s, i = uids["A"], uids["A_series"], uids["A_instance"]
+    for path in ("/studies", "/series", "/instances", f"/studies/{a}/metadata",
+                 f"/studies/{a}/series/{s}/metadata",
+                 f"/studies/{a}/series/{s}/instances/{i}/metadata"):
+        r = https.get(base + path, headers=auth(token))
+        assert r.status_code == 200
+        assert_no_leak(stack, r)
+        if path.endswith("/metadata"):
+            assert stack["gateway_url"] in r.text  # BulkDataURIs point at the gateway
+    ds = new_instance()
+    ctype, body = multipart([file_bytes(ds)])
+    r = https.post(base + "/studies", content=body, headers=auth(token) | {"Content-Type": ctype})
+    assert r.status_code == 200
+    assert_no_leak(stack, r)
+
+
+@pytest.mark.control("AP-6")
+def test_errors_are_safe(stack: dict[str, Any], https: httpx.Client, token: str) -> None:
+    base = stack["dicomweb_url"]
+    missing = "1.2.3.4.5.6.7.8.9"
+    for method, url in (("GET", f"{base}/studies/{missing}/metadata"),
+                        ("GET", f"{base}/studies/{missing}/series/{missing}"),
+                        ("GET", f"{stack['gateway_url']}/system"),
+                        ("PUT", f"{base}/studies"),
+                        ("GET", f"{base}/studies?limit=x")):
+        r = https.request(method, url, headers=auth(token))
+        assert 400 <= r.status_code < 500
+        assert set(r.json()) <= {"error", "message", "request_id"}
+        assert_no_leak(stack, r)
