@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -47,3 +48,12 @@ def test_exit_during_start_is_one_clear_error(run: RunDir) -> None:
     with pytest.raises(StackError, match="broken exited during start-up") as err:
         procs.wait_healthy(run, svc, pid)
     assert "bad config" in str(err.value)
+
+
+def test_a_reused_pid_is_never_signalled(run: RunDir) -> None:
+    """A PID file left from before a reboot may name another process now: leave it alone."""
+    run.pid("orthanc").write_text(f"{os.getpid()}\n", encoding="utf-8")
+    run.pid("orthanc").with_suffix(".started").write_text("1\n", encoding="utf-8")
+    assert procs.read_pid(run, "orthanc") is None
+    assert procs.stop(run, "orthanc") == "not recorded"
+    assert not run.pid("orthanc").exists()

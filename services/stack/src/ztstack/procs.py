@@ -35,11 +35,30 @@ class Service:
     start_timeout: float = 60.0
 
 
-def read_pid(run: RunDir, name: str) -> int | None:
+def _start_ticks(pid: int) -> str | None:
+    """The kernel's start time of pid (/proc/<pid>/stat field 22): a PID plus this is unique."""
     try:
-        return int(run.pid(name).read_text(encoding="utf-8").strip())
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def read_pid(run: RunDir, name: str) -> int | None:
+    """The recorded PID, or None when none is recorded or the PID now names another process
+    (after a reboot or PID reuse): we never signal a process we did not start."""
+    try:
+        pid = int(run.pid(name).read_text(encoding="utf-8").strip())
     except (OSError, ValueError):
         return None
+    started = run.pid(name).with_suffix(".started")
+    if started.exists():
+        now = _start_ticks(pid)
+        if now is not None and now != started.read_text(encoding="utf-8").strip():
+            run.pid(name).unlink(missing_ok=True)
+            started.unlink(missing_ok=True)
+            return None
+    return pid
 
 
 def alive(pid: int) -> bool:
@@ -80,6 +99,9 @@ def start(run: RunDir, svc: Service) -> int:
         log.close()
     _CHILDREN[proc.pid] = proc
     run.pid(svc.name).write_text(f"{proc.pid}\n", encoding="utf-8")
+    run.pid(svc.name).with_suffix(".started").write_text(
+        f"{_start_ticks(proc.pid) or ''}\n", encoding="utf-8"
+    )
     return proc.pid
 
 
@@ -120,10 +142,9 @@ def stop(run: RunDir, name: str, timeout: float = STOP_TIMEOUT, signalled: bool 
     pid = read_pid(run, name)
     if pid is None:
         return "not recorded"
-    pid_file = run.pid(name)
     if not alive(pid):
         _reap(pid)
-        pid_file.unlink(missing_ok=True)
+        _forget(run, name)
         return f"stopped (pid {pid})" if signalled else "not running"
     if not signalled:
         os.kill(pid, signal.SIGTERM)
@@ -131,17 +152,25 @@ def stop(run: RunDir, name: str, timeout: float = STOP_TIMEOUT, signalled: bool 
     while time.monotonic() < deadline:
         _reap(pid)
         if not alive(pid):
-            pid_file.unlink(missing_ok=True)
+            _forget(run, name)
             return f"stopped (pid {pid})"
         time.sleep(0.1)
+    if read_pid(run, name) != pid:  # exited and the PID was reused meanwhile
+        _forget(run, name)
+        return f"stopped (pid {pid})"
     os.kill(pid, signal.SIGKILL)
     for _ in range(50):
         _reap(pid)
         if not alive(pid):
             break
         time.sleep(0.1)
-    pid_file.unlink(missing_ok=True)
+    _forget(run, name)
     return f"killed after {timeout:.0f} s (pid {pid})"
+
+
+def _forget(run: RunDir, name: str) -> None:
+    run.pid(name).unlink(missing_ok=True)
+    run.pid(name).with_suffix(".started").unlink(missing_ok=True)
 
 
 def stop_all(run: RunDir, names: list[str]) -> dict[str, str]:
