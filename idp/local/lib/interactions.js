@@ -47,7 +47,12 @@ export function makeInteractions({
   provider, realm, store, accounts, lockout, prefix, issuerOrigin,
 }) {
   const assets = `${prefix}/assets`;
-  const state = new Map(); // interaction uid -> { accountId, challenge }
+  const state = new Map(); // interaction uid -> { accountId, acr, step, challenge, at }
+  // Abandoned sign-ins expire with their interaction (10 minutes).
+  setInterval(() => {
+    const limit = Date.now() - 600_000;
+    for (const [uid, st] of state) if (st.at < limit) state.delete(uid);
+  }, 60_000).unref();
   const levels = realm.acr_levels.map((l) => l.acr);
 
   function requiredRank(details) {
@@ -129,7 +134,9 @@ export function makeInteractions({
       });
     }
     // The step is bound to the interaction: a TOTP code can never finish a WebAuthn level.
-    state.set(uid, { accountId, acr: next.acr, step: next.step });
+    state.set(uid, {
+      accountId, acr: next.acr, step: next.step, at: Date.now(),
+    });
     if (next.step === 'otp') {
       return send(res, 200, otpPage({ assets, action: `${prefix}/interaction/${uid}/otp` }));
     }
