@@ -41,9 +41,9 @@ def _b64(data: bytes) -> str:
 
 
 def idp_key(stack: dict[str, Any]) -> ECKey:
-    keys = json.loads(
-        (Path(stack["run_dir"]) / "idp" / "data" / "signing-keys.json").read_text()
-    )["keys"]
+    keys = json.loads((Path(stack["run_dir"]) / "idp" / "data" / "signing-keys.json").read_text())[
+        "keys"
+    ]
     return ECKey.import_key(keys[0])
 
 
@@ -58,11 +58,17 @@ def forge(stack: dict[str, Any], recipe: dict[str, Any]) -> str:
     now = int(time.time())
     key = idp_key(stack)
     claims: dict[str, Any] = {
-        "iss": stack["idp_issuer"], "sub": "attacker", "aud": stack["resource"],
-        "exp": now + 240, "iat": now, "jti": uuid.uuid4().hex, "client_id": "ohif-viewer",
+        "iss": stack["idp_issuer"],
+        "sub": "attacker",
+        "aud": stack["resource"],
+        "exp": now + 240,
+        "iat": now,
+        "jti": uuid.uuid4().hex,
+        "client_id": "ohif-viewer",
         "scope": "openid user/ImagingStudy.rs user/ImagingStudy.c user/ImagingStudy.d",
         "realm_access": {"roles": ["radiologist", "admin"]},
-        "groups": ["/site-north", "/site-south"], "acr": "urn:zt:acr:phr",
+        "groups": ["/site-north", "/site-south"],
+        "acr": "urn:zt:acr:phr",
         "auth_time": now,
     }
     for name, value in (recipe.get("claims") or {}).items():
@@ -111,7 +117,10 @@ TOKENS = [t["id"] for t in CORPUS["tokens"]]
 @pytest.mark.control("ID-2")
 @pytest.mark.parametrize("token_id", TOKENS)
 def test_forged_tokens_on_every_route(
-    stack: dict[str, Any], https: httpx.Client, archive_log: Any, uids: dict[str, str],
+    stack: dict[str, Any],
+    https: httpx.Client,
+    archive_log: Any,
+    uids: dict[str, str],
     token_id: str,
 ) -> None:
     case = next(t for t in CORPUS["tokens"] if t["id"] == token_id)
@@ -170,24 +179,39 @@ def dpop_login(stack: dict[str, Any], tokens: Any) -> tuple[Any, dict[str, Any]]
 
 
 @pytest.mark.control("ID-5")
-def test_dpop_valid(stack: dict[str, Any], https: httpx.Client,
-                   dpop_login: tuple[Any, dict[str, Any]]) -> None:
+def test_dpop_valid(
+    stack: dict[str, Any], https: httpx.Client, dpop_login: tuple[Any, dict[str, Any]]
+) -> None:
     token_set, key = dpop_login
     url = f"{stack['dicomweb_url']}/studies"
     proof = make_proof(key, "GET", url, token_set.access_token)
-    r = https.get(url, headers={"Authorization": f"DPoP {token_set.access_token}",
-                                "DPoP": proof})
+    r = https.get(url, headers={"Authorization": f"DPoP {token_set.access_token}", "DPoP": proof})
     assert r.status_code == 200, r.text
 
 
 @pytest.mark.control("ID-5")
 @pytest.mark.parametrize(
     "case",
-    ["as-bearer", "no-proof", "wrong-htm", "wrong-htu", "wrong-ath", "wrong-key",
-     "iat-old", "iat-future", "replayed-jti", "two-proofs"],
+    [
+        "as-bearer",
+        "no-proof",
+        "wrong-htm",
+        "wrong-htu",
+        "wrong-ath",
+        "wrong-key",
+        "iat-old",
+        "iat-future",
+        "replayed-jti",
+        "two-proofs",
+    ],
 )
-def test_dpop_refused(stack: dict[str, Any], https: httpx.Client, archive_log: Any,
-                     dpop_login: tuple[Any, dict[str, Any]], case: str) -> None:
+def test_dpop_refused(
+    stack: dict[str, Any],
+    https: httpx.Client,
+    archive_log: Any,
+    dpop_login: tuple[Any, dict[str, Any]],
+    case: str,
+) -> None:
     token_set, key = dpop_login
     token = token_set.access_token
     url = f"{stack['dicomweb_url']}/studies"
@@ -227,7 +251,10 @@ def test_dpop_refused(stack: dict[str, Any], https: httpx.Client, archive_log: A
 
 @pytest.mark.control("AO-2")
 def test_idp_keys_unreachable_fails_closed(
-    stack: dict[str, Any], https: httpx.Client, archive_log: Any, extra_gateway: Any,
+    stack: dict[str, Any],
+    https: httpx.Client,
+    archive_log: Any,
+    extra_gateway: Any,
     tokens: Any,
 ) -> None:
     """A gateway whose issuer's keys cannot be fetched answers 503 and forwards nothing."""
@@ -239,8 +266,9 @@ def test_idp_keys_unreachable_fails_closed(
         forged = forge(stack, {"claims": {"iss": dead}})
         for value in (token, forged):
             mark = archive_log.mark()
-            r = https.get(f"{gw.url}/dicom-web/studies",
-                          headers={"Authorization": f"Bearer {value}"})
+            r = https.get(
+                f"{gw.url}/dicom-web/studies", headers={"Authorization": f"Bearer {value}"}
+            )
             assert r.status_code in (503, 401)
             if value is forged:
                 assert r.status_code == 503 and r.headers.get("retry-after")
