@@ -41,6 +41,9 @@
     resource: GATEWAY,
     automaticSilentRenew: true,
     revokeAccessTokenOnSignout: true,
+    // RFC 7009 revocation answers 200 with an empty text/plain body (oidc-provider); without
+    // this oidc-client-ts rejects the answer and never reaches the IdP's logout.
+    revokeTokenAdditionalContentTypes: ['text/plain'],
     // No check-session iframe: the CSP allows no frames.
     monitorSession: false,
     loadUserInfo: false,
