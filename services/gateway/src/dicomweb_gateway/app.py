@@ -132,7 +132,7 @@ def create_app(
 
     _install_error_handlers(app)
     _install_service_routes(app, settings)
-    app.include_router(dicomweb.router)
+    dicomweb.install(app)
     _install_optional_routers(app, settings)
     app.add_middleware(PathGuard)
     app.add_middleware(SecurityHeaders)  # outermost: also covers PathGuard's 404
@@ -208,24 +208,6 @@ def _install_service_routes(app: FastAPI, settings: Settings) -> None:
                 "resource_name": "DICOMweb gateway",
             }
         )
-
-    for prefix in ARCHIVE_NATIVE:
-        app.add_api_route(
-            f"/{prefix}", _archive_native, methods=_ALL_METHODS, include_in_schema=False
-        )
-        app.add_api_route(
-            f"/{prefix}/{{rest:path}}",
-            _archive_native,
-            methods=_ALL_METHODS,
-            include_in_schema=False,
-        )
-
-
-_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-
-
-async def _archive_native() -> Response:
-    return error_response(not_found("archive-native route"))
 
 
 def _install_optional_routers(app: FastAPI, settings: Settings) -> None:

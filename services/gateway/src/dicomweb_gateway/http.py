@@ -77,8 +77,41 @@ API_PREFIXES = ("/dicom-web", "/wado", "/admin", "/audit", "/.well-known")
 _NOT_FOUND = b'{"error": "not_found", "message": "not found"}'
 
 
+# Archive-native REST routes and other paths an attacker may try at the root: always 404, even
+# where the viewer would otherwise answer with its index page (AP-2).
+ARCHIVE_NATIVE = frozenset(
+    {
+        "tools",
+        "instances",
+        "series",
+        "studies",
+        "patients",
+        "system",
+        "plugins",
+        "changes",
+        "exports",
+        "modalities",
+        "peers",
+        "jobs",
+        "statistics",
+        "app",
+        "ui",
+        "orthanc",
+        "osimis-viewer",
+        "stone-webviewer",
+        "wado-rs",
+        "rs",
+        "dcm4chee-arc",
+        "dicom-web-old",
+    }
+)
+
+
 def irregular_path(path: str) -> bool:
+    """Paths never served: archive-native roots, case variants of the API, dot/empty segments."""
     lowered = path.lower()
+    if lowered.split("/", 2)[1] in ARCHIVE_NATIVE:
+        return True
     if "//" in path or "\\" in path or "\0" in path:
         return True
     segments = path.split("/")
