@@ -181,10 +181,13 @@ async def main_async(args: argparse.Namespace) -> int:
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
     proc, gateway_url = start_gateway(stack, run_dir) if not args.gateway_url else (
         None, args.gateway_url)
-    direct = Target("direct", archive["http_url"] + "/dicom-web", httpx.AsyncClient(
+    # identity on both sides: the gateway never compresses, so the archive must not either.
+    plain = {"Accept-Encoding": "identity"}
+    direct = Target("direct", archive["http_url"] + "/dicom-web", httpx.AsyncClient(headers=plain,
         verify=archive_ctx, auth=(archive["username"], password), limits=limits, timeout=60))
     gateway = Target("gateway", gateway_url + "/dicom-web", httpx.AsyncClient(
-        verify=ca, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=60))
+        verify=ca, headers=plain | {"Authorization": f"Bearer {token}"}, limits=limits,
+        timeout=60))
     try:
         studies = (await gateway.client.get(gateway.base + "/studies")).json()
         largest = max(studies, key=lambda s: int(s.get("00201208", {}).get("Value", [0])[0]))
