@@ -247,6 +247,7 @@ async def test_unauthenticated_reaches_nothing(
     ],
 )
 async def test_route_allow_list(
+    auditor: RecordingAuditor,
     client: httpx.AsyncClient,
     idp: FakeIdp,
     archive: FakeArchive,
@@ -254,9 +255,11 @@ async def test_route_allow_list(
     path: str,
     status: int,
 ) -> None:
+    before = len(auditor.records)
     r = await client.request(method, path, headers=auth(idp))
     assert r.status_code == status
     assert archive.requests == []
+    assert len(auditor.records) == before + 1  # refusals are audited too
     if status == 405:
         assert "allow" in r.headers
 

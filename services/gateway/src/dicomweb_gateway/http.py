@@ -8,6 +8,7 @@ get `no-store` and a CSP that forbids framing (the viewer sets its own CSP).
 from __future__ import annotations
 
 import json
+import logging
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -131,6 +132,7 @@ class PathGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and irregular_path(scope.get("path", "/")):
+            await _audit_refusal(scope)
             await send(
                 {
                     "type": "http.response.start",
@@ -144,3 +146,30 @@ class PathGuard:
             await send({"type": "http.response.body", "body": _NOT_FOUND})
             return
         await self.app(scope, receive, send)
+
+
+async def _audit_refusal(scope: Scope) -> None:
+    """Probing an archive-native or irregular path is recorded like any other refusal."""
+    import uuid
+
+    from .context import RequestContext
+
+    app = scope.get("app")
+    auditor = getattr(getattr(app, "state", None), "auditor", None)
+    if auditor is None:
+        return
+    client = scope.get("client")
+    ctx = RequestContext(
+        request_id=uuid.uuid4().hex,
+        method=scope.get("method", ""),
+        path=scope.get("path", ""),
+        client_ip=client[0] if client else "",
+        query=scope.get("query_string", b"").decode("latin-1"),
+        status=404,
+        error_code="not_found",
+        error_detail="archive-native or irregular path",
+    )
+    try:
+        await auditor.record(ctx)
+    except Exception:  # audit is a notification; the 404 stands
+        logging.getLogger("dicomweb_gateway").exception("audit record failed")
