@@ -60,12 +60,15 @@ class RecordingAuditor:
     def __init__(self) -> None:
         self.records: list[RequestContext] = []
         self.down = False
+        self.fail_record = False
 
     async def preflight(self) -> None:
         if self.down:
             raise service_unavailable("audit store down")
 
     async def record(self, ctx: RequestContext) -> None:
+        if self.fail_record:
+            raise service_unavailable("audit store lost")
         self.records.append(ctx)
 
 
@@ -466,3 +469,14 @@ async def test_health(client: httpx.AsyncClient) -> None:
     r = await client.get("/readyz")
     assert r.status_code == 200, r.text
     assert (await client.get("/metrics")).status_code == 200
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AO-2")
+async def test_unrecordable_answer_withheld(
+    client: httpx.AsyncClient, idp: FakeIdp, auditor: RecordingAuditor
+) -> None:
+    auditor.fail_record = True
+    r = await client.get(f"/dicom-web/studies/{A}", headers=auth(idp))
+    assert r.status_code == 503
+    assert b"DICM" not in r.content

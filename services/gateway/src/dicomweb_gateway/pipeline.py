@@ -93,9 +93,16 @@ async def guarded(
     response.headers["x-request-id"] = ctx.request_id
     try:
         await auditor.record(ctx)
+    except GatewayError as error:
+        # The auditor could not keep the record (store down since preflight): fail closed. A
+        # streamed answer has not started yet, so nothing unaudited leaves.
+        if response.background is not None:
+            await response.background()
+        ctx.status, ctx.error_code, ctx.error_detail = error.status, error.code, error.detail
+        response = error_response(error, ctx.request_id)
+        response.headers["x-request-id"] = ctx.request_id
     except Exception:
-        # Audit is a notification and never changes the outcome; the store's health is checked
-        # by preflight() before anything is forwarded.
+        # Any other failure of the notification does not change the outcome.
         log.exception("audit record failed", extra={"fields": {"request_id": ctx.request_id}})
     log_request(ctx, time.perf_counter() - started)
     return response
