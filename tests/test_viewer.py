@@ -1,9 +1,10 @@
 """The OHIF viewer behind the gateway, driven in Debian Chromium (docs/viewer.md).
 
 Chromium trusts the deployment only through `--ignore-certificate-errors-spki-list` with the
-SPKI hashes of the stack's CA and server certificates (a fresh profile per test); nothing else
-is relaxed. Every page load records Content-Security-Policy violations and requests to other
-origins; each test asserts there were none.
+SPKI hashes of the gateway's and the IdP's certificates, each verified against the stack CA
+first (a fresh profile per test); nothing else is relaxed. Every page load records
+Content-Security-Policy violations and requests to other origins; each test asserts there were
+none.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -105,11 +107,18 @@ def archive_names_of(study: demo_data.Study) -> set[str]:
 
 
 def spki_hashes(stack: dict[str, Any]) -> list[str]:
-    """base64(SHA-256(SubjectPublicKeyInfo)) of the CA and of every server certificate."""
-    pki = Path(stack["ca_cert"]).parent
+    """base64(SHA-256(SubjectPublicKeyInfo)) of the gateway's and the IdP's certificates.
+
+    Chromium's allow-list matches server (leaf) keys only, so each leaf is fetched from its
+    server and verified against the deployment CA first: only what that CA issued is trusted.
+    """
     hashes = []
-    for pem in sorted(pki.glob("*.pem")):
-        cert = x509.load_pem_x509_certificate(pem.read_bytes())
+    for url in (stack["gateway_url"], stack["idp_issuer"]):
+        parts = urlsplit(url)
+        pem = ssl.get_server_certificate(
+            (parts.hostname or "localhost", parts.port or 443), ca_certs=stack["ca_cert"]
+        )
+        cert = x509.load_pem_x509_certificate(pem.encode())
         der = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         hashes.append(base64.b64encode(hashlib.sha256(der).digest()).decode())
     return hashes
