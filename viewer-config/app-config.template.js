@@ -199,7 +199,8 @@
     routerBasename: '/',
     extensions: [],
     modes: [],
-    customizationService: {},
+    // No onboarding tour: it covers the image on a clinical workstation (and in screenshots).
+    customizationService: { 'ohif.tours': { $set: [] } },
     showStudyList: true,
     maxNumberOfWebWorkers: 2,
     showWarningMessageForCrossOrigin: false,
