@@ -2,7 +2,8 @@
 
 One handler per kind of transaction. Authorization is always decided on the study that really
 owns the addressed object, as the archive reports it, never on a UID a client wrote (AP-1).
-Nothing reaches the archive before authentication, authorization and the audit preflight.
+Nothing reaches the archive before authentication and the audit preflight; no object is
+forwarded before authorization.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ async def dicomweb(request: Request) -> Response:
         ctx.transaction = resource.transaction.value
         ctx.action = resource.action
         await authenticate(request, ctx)
+        # Before anything reaches the archive, owner look-ups included (AO-2).
+        await request.app.state.auditor.preflight()
         return await dispatch(request, ctx, resource)
 
     return await guarded(request, handle, ctx=ctx, authenticated=False)
@@ -72,6 +75,7 @@ async def wado_uri(request: Request) -> Response:
     async def handle(ctx: RequestContext) -> Response:
         resource = parse_wado_uri(request.method, request.url.query)
         await authenticate(request, ctx)
+        await request.app.state.auditor.preflight()
         return await retrieve(request, ctx, resource)
 
     return await guarded(request, handle, ctx=ctx, authenticated=False)
@@ -137,7 +141,6 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
     if resource.study_instance_uid:
         await owning_study(request, ctx, resource, Action.SEARCH)
     assert resource.query is not None
-    await state.auditor.preflight()
     ctx.forwarded = True
     upstream = await archive.send(
         "GET",
@@ -200,7 +203,6 @@ async def retrieve(request: Request, ctx: RequestContext, resource: Resource) ->
         accept = frames_accept(headers.get("accept"))
         if accept:
             headers["accept"] = accept
-    await state.auditor.preflight()
     ctx.forwarded = True
     upstream = await archive.send("GET", path, query, headers)
     if upstream.status_code >= 400:
@@ -296,7 +298,6 @@ async def store(request: Request, ctx: RequestContext, resource: Resource) -> Re
         ctx.error_detail = "; ".join(p.reason for p in refused)[:1000]
         result = merge_response(None, refused)
         return _json(result, 409)
-    await state.auditor.preflight()
     ctx.forwarded = True
     boundary = b"zt-gateway-stow-boundary-7f3c"
     upstream = await archive.send(
@@ -356,7 +357,6 @@ async def delete(request: Request, ctx: RequestContext, resource: Resource) -> R
     archive: OrthancArchive = state.archive
     await state.authorizer.check_action(ctx, Action.DELETE)
     owner = await owning_study(request, ctx, resource, Action.DELETE)
-    await state.auditor.preflight()
     ctx.forwarded = True
     level = "series" if resource.series_instance_uid else "study"
     uid = resource.series_instance_uid or resource.study_instance_uid
