@@ -70,7 +70,8 @@ def start_gateway(stack: dict[str, Any], run_dir: Path) -> tuple[subprocess.Pope
     log = (run_dir / "logs" / "gateway-bench.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dicomweb_gateway", "serve", "--config", str(path)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"https://localhost:{port}"
     ctx = ssl.create_default_context(cafile=stack["ca_cert"])
@@ -125,8 +126,11 @@ def bench_instance() -> tuple[str, bytes]:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     boundary = "bench-boundary"
-    body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + out.getvalue()
-            + f"\r\n--{boundary}--\r\n".encode())
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + out.getvalue()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return f'multipart/related; type="application/dicom"; boundary={boundary}', body
 
 
@@ -149,8 +153,9 @@ async def one(target: Target, w: Workload) -> int:
     return size
 
 
-async def run_once(target: Target, w: Workload, concurrency: int, seconds: float,
-                   max_requests: int) -> tuple[float, float]:
+async def run_once(
+    target: Target, w: Workload, concurrency: int, seconds: float, max_requests: int
+) -> tuple[float, float]:
     """Requests per second and MB/s over a bounded run (time and count both capped)."""
     done = 0
     total = 0
@@ -169,25 +174,40 @@ async def run_once(target: Target, w: Workload, concurrency: int, seconds: float
     return done / elapsed, total / elapsed / 1e6
 
 
-async def main_async(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir).resolve()
-    stack = json.loads((run_dir / "stack.json").read_text())
+async def main_async(args: argparse.Namespace, stack: dict[str, Any], password: str) -> int:
+    run_dir = Path(stack["run_dir"])
     token = get_token(stack, args.token)
     ca = ssl.create_default_context(cafile=stack["ca_cert"])
     archive = stack["archive"]
     archive_ctx = ssl.create_default_context(cafile=stack["ca_cert"])
     archive_ctx.load_cert_chain(archive["gateway_client_cert"], archive["gateway_client_key"])
-    password = Path(archive["password_file"]).read_text().strip()
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
-    proc, gateway_url = start_gateway(stack, run_dir) if not args.gateway_url else (
-        None, args.gateway_url)
+    proc, gateway_url = (
+        start_gateway(stack, run_dir) if not args.gateway_url else (None, args.gateway_url)
+    )
     # identity on both sides: the gateway never compresses, so the archive must not either.
     plain = {"Accept-Encoding": "identity"}
-    direct = Target("direct", archive["http_url"] + "/dicom-web", httpx.AsyncClient(headers=plain,
-        verify=archive_ctx, auth=(archive["username"], password), limits=limits, timeout=60))
-    gateway = Target("gateway", gateway_url + "/dicom-web", httpx.AsyncClient(
-        verify=ca, headers=plain | {"Authorization": f"Bearer {token}"}, limits=limits,
-        timeout=60))
+    direct = Target(
+        "direct",
+        archive["http_url"] + "/dicom-web",
+        httpx.AsyncClient(
+            headers=plain,
+            verify=archive_ctx,
+            auth=(archive["username"], password),
+            limits=limits,
+            timeout=60,
+        ),
+    )
+    gateway = Target(
+        "gateway",
+        gateway_url + "/dicom-web",
+        httpx.AsyncClient(
+            verify=ca,
+            headers=plain | {"Authorization": f"Bearer {token}"},
+            limits=limits,
+            timeout=60,
+        ),
+    )
     try:
         studies = (await gateway.client.get(gateway.base + "/studies")).json()
         largest = max(studies, key=lambda s: int(s.get("00201208", {}).get("Value", [0])[0]))
@@ -197,8 +217,12 @@ async def main_async(args: argparse.Namespace) -> int:
         workloads = [
             Workload("qido", "GET", "/studies"),
             Workload("metadata", "GET", f"/studies/{study}/metadata"),
-            Workload("frame", "GET", f"/studies/{study}/series/{series}/instances/{sop}/frames/1",
-                     'multipart/related; type="application/octet-stream"; transfer-syntax=*'),
+            Workload(
+                "frame",
+                "GET",
+                f"/studies/{study}/series/{series}/instances/{sop}/frames/1",
+                'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+            ),
             Workload("study", "GET", f"/studies/{study}"),
             Workload("stow", "POST", "/studies", stow=True),
         ]
@@ -210,14 +234,21 @@ async def main_async(args: argparse.Namespace) -> int:
                 medians: dict[str, tuple[float, float]] = {}
                 for target in (direct, gateway):
                     await run_once(target, w, concurrency, 0.5, 50)  # warm-up
-                    samples = [await run_once(target, w, concurrency, args.seconds, 20_000)
-                               for _ in range(args.runs)]
-                    medians[target.name] = (statistics.median(s[0] for s in samples),
-                                            statistics.median(s[1] for s in samples))
+                    samples = [
+                        await run_once(target, w, concurrency, args.seconds, 20_000)
+                        for _ in range(args.runs)
+                    ]
+                    medians[target.name] = (
+                        statistics.median(s[0] for s in samples),
+                        statistics.median(s[1] for s in samples),
+                    )
                 d, g = medians["direct"], medians["gateway"]
                 rows.append((w.name, concurrency, d[0], g[0], g[0] / d[0], d[1], g[1]))
-                print(f"  {w.name:9s} c={concurrency}  direct {d[0]:8.1f}/s  "
-                      f"gateway {g[0]:8.1f}/s  ratio {g[0] / d[0]:.2f}", file=sys.stderr)
+                print(
+                    f"  {w.name:9s} c={concurrency}  direct {d[0]:8.1f}/s  "
+                    f"gateway {g[0]:8.1f}/s  ratio {g[0] / d[0]:.2f}",
+                    file=sys.stderr,
+                )
         print_table(rows, args)
         return 0
     finally:
@@ -242,10 +273,14 @@ async def cleanup(direct: Target) -> None:
 
 
 def print_table(rows: list[tuple[Any, ...]], args: argparse.Namespace) -> None:
-    print(f"\nMedians of {args.runs} runs of up to {args.seconds:g} s each "
-          f"(host: {os.cpu_count()} CPUs, loopback).\n")
-    print("| workload | concurrency | direct req/s | gateway req/s | gateway/direct | "
-          "direct MB/s | gateway MB/s |")
+    print(
+        f"\nMedians of {args.runs} runs of up to {args.seconds:g} s each "
+        f"(host: {os.cpu_count()} CPUs, loopback).\n"
+    )
+    print(
+        "| workload | concurrency | direct req/s | gateway req/s | gateway/direct | "
+        "direct MB/s | gateway MB/s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, c, d, g, ratio, dmb, gmb in rows:
         print(f"| {name} | {c} | {d:.1f} | {g:.1f} | {ratio:.2f} | {dmb:.1f} | {gmb:.1f} |")
@@ -260,7 +295,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--only", help="comma-separated workloads (qido,metadata,frame,study,stow)")
     args = parser.parse_args()
-    return asyncio.run(main_async(args))
+    stack = json.loads((Path(args.run_dir) / "stack.json").read_text())
+    password = Path(stack["archive"]["password_file"]).read_text().strip()
+    return asyncio.run(main_async(args, stack, password))
 
 
 if __name__ == "__main__":

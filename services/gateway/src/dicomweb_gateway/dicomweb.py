@@ -47,6 +47,8 @@ def install(app: FastAPI) -> None:
     """Plain Starlette routes: the hot path skips FastAPI's dependency machinery."""
     app.add_route(DICOMWEB_ROOT + "/{path:path}", dicomweb, methods=_METHODS)
     app.add_route(WADO_URI_ROOT, wado_uri, methods=_METHODS)
+
+
 DICOM_JSON = "application/dicom+json"
 
 
