@@ -291,3 +291,18 @@ def test_protected_resource_metadata(stack: dict[str, Any], https: httpx.Client)
     issuer = meta["authorization_servers"][0]
     disco = https.get(issuer + "/.well-known/openid-configuration").json()
     assert disco["issuer"] == issuer
+
+
+@pytest.mark.control("ID-7")
+def test_token_lifetime_above_maximum_refused(
+    stack: dict[str, Any], https: httpx.Client, archive_log: Any
+) -> None:
+    """The gateway refuses a validly signed token living longer than its configured maximum."""
+    url = f"{stack['dicomweb_url']}/studies"
+    ok = forge(stack, {"claims": {"exp": "+300"}})
+    assert https.get(url, headers={"Authorization": f"Bearer {ok}"}).status_code == 200
+    mark = archive_log.mark()
+    long_lived = forge(stack, {"claims": {"exp": "+301", "iat": "0"}})
+    r = https.get(url, headers={"Authorization": f"Bearer {long_lived}"})
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+    assert archive_log.since(mark) == []

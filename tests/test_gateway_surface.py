@@ -313,3 +313,17 @@ def test_errors_are_safe(stack: dict[str, Any], https: httpx.Client, token: str)
         assert 400 <= r.status_code < 500
         assert set(r.json()) <= {"error", "message", "request_id"}
         assert_no_leak(stack, r)
+
+
+@pytest.mark.control("NW-2")
+def test_no_plaintext(stack: dict[str, Any], https: httpx.Client, token: str) -> None:
+    """HTTPS answers carry HSTS for at least a year; plain HTTP only redirects, empty-bodied."""
+    r = https.get(f"{stack['dicomweb_url']}/studies", headers=auth(token))
+    hsts = r.headers["strict-transport-security"]
+    assert int(hsts.split("max-age=")[1].split(";")[0]) >= 31536000
+    with httpx.Client(timeout=10, trust_env=False) as plain:
+        r = plain.get(
+            f"{stack['gateway_http_url']}/dicom-web/studies?PatientID=x", headers=auth(token)
+        )
+    assert r.status_code == 301 and r.content == b""
+    assert r.headers["location"] == f"{stack['gateway_url']}/dicom-web/studies"
