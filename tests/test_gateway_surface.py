@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import yaml
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tests.conftest import ca_context
 
 pytestmark = pytest.mark.e2e
 
@@ -81,6 +84,25 @@ def multipart(parts: list[bytes], boundary: str = "zt-e2e-boundary") -> tuple[st
 
 
 @pytest.fixture(scope="module")
+def created(stack: dict[str, Any]) -> Iterator[list[str]]:
+    """Studies these tests store; deleted from the archive afterwards so other test files see
+    only the demo data (directly, with the archive's credentials: cleanup, not a test path)."""
+    uids: list[str] = []
+    yield uids
+    archive = stack["archive"]
+    client_cert = (archive["gateway_client_cert"], archive["gateway_client_key"])
+    password = Path(archive["password_file"]).read_text().strip()
+    with httpx.Client(
+        verify=ca_context(stack, client_cert), timeout=30, auth=(archive["username"], password)
+    ) as direct:
+        for uid in uids:
+            found = direct.post(archive["http_url"] + "/tools/lookup", content=uid).json()
+            for item in found:
+                if item.get("Type") == "Study":
+                    direct.delete(f"{archive['http_url']}/studies/{item['ID']}")
+
+
+@pytest.fixture(scope="module")
 def token(tokens: Any) -> str:
     return str(tokens.user("radiologist", SCOPES).access_token)
 
@@ -114,9 +136,14 @@ def assert_no_leak(stack: dict[str, Any], response: httpx.Response) -> None:
 
 @pytest.mark.control("AP-5")
 def test_round_trip_with_dicomweb_client(
-    stack: dict[str, Any], dicomweb: DICOMwebClient, https: httpx.Client, token: str
+    stack: dict[str, Any],
+    dicomweb: DICOMwebClient,
+    https: httpx.Client,
+    token: str,
+    created: list[str],
 ) -> None:
     ds = new_instance()
+    created.append(ds.StudyInstanceUID)
     sent = file_bytes(ds)
     dicomweb.store_instances(datasets=[pydicom.dcmread(io.BytesIO(sent))])
 
@@ -274,7 +301,11 @@ def test_rate_limit(
 
 @pytest.mark.control("AP-4")
 def test_no_internal_urls(
-    stack: dict[str, Any], https: httpx.Client, token: str, uids: dict[str, str]
+    stack: dict[str, Any],
+    https: httpx.Client,
+    token: str,
+    uids: dict[str, str],
+    created: list[str],
 ) -> None:
     base = stack["dicomweb_url"]
     a, s, i = uids["A"], uids["A_series"], uids["A_instance"]
@@ -292,6 +323,7 @@ def test_no_internal_urls(
         if path.endswith("/metadata"):
             assert stack["gateway_url"] in r.text  # BulkDataURIs point at the gateway
     ds = new_instance()
+    created.append(ds.StudyInstanceUID)
     ctype, body = multipart([file_bytes(ds)])
     r = https.post(base + "/studies", content=body, headers=auth(token) | {"Content-Type": ctype})
     assert r.status_code == 200
