@@ -169,6 +169,22 @@ def test_round_trip_with_dicomweb_client(
     assert ds.SOPInstanceUID.encode() in r.content
     assert_no_leak(stack, r)
 
+    # WADO-URI (PS3.18 9) returns the file with a zeroed preamble, and the rendered and
+    # thumbnail forms are images.
+    study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    r = https.get(
+        f"{stack['gateway_url']}/wado?requestType=WADO&studyUID={study}&seriesUID={series}"
+        f"&objectUID={sop}&contentType=application%2Fdicom",
+        headers=auth(token),
+    )
+    assert r.status_code == 200 and r.content[:128] == bytes(128)
+    assert pydicom.dcmread(io.BytesIO(r.content)).PixelData == ds.PixelData
+    instance = f"{stack['dicomweb_url']}/studies/{study}/series/{series}/instances/{sop}"
+    for suffix in ("/rendered", "/thumbnail", "/frames/1/rendered"):
+        r = https.get(instance + suffix, headers=auth(token) | {"Accept": "image/jpeg"})
+        assert r.status_code == 200, (suffix, r.text)
+        assert r.headers["content-type"].startswith("image/") and r.content[:2] == b"\xff\xd8"
+
 
 @pytest.mark.control("AP-5")
 def test_executable_preamble_refused(
