@@ -169,8 +169,9 @@ def _install_service_routes(app: FastAPI, settings: Settings) -> None:
 
         async def probe(name: str, call: Any) -> None:
             try:
-                await _maybe_await(call())
-                checks[name] = "ok"
+                result = await _maybe_await(call())
+                # A hook may answer False instead of raising.
+                checks[name] = "unavailable" if result is False else "ok"
             except Exception as exc:
                 log.warning("readiness", extra={"fields": {"check": name, "error": repr(exc)}})
                 checks[name] = "unavailable"
