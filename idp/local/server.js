@@ -39,6 +39,9 @@ function main() {
   const prefix = issuer.pathname.replace(/\/$/, '');
   const assetsPath = `${prefix}/assets`;
 
+  const logoutOrigins = [...new Set(Object.values(realm.clients)
+    .flatMap((c) => c.post_logout_redirect_uris || [])
+    .map((u) => new URL(u).origin))].join(' ');
   const accounts = makeAccounts({ realm });
   accounts.pages = {
     error(ctx, out) {
@@ -48,7 +51,9 @@ function main() {
       ctx.body = layout(assetsPath, 'Sign-in error', `<p><strong>${esc(out.error)}</strong></p><p>${esc(out.error_description)}</p>`);
     },
     logout(ctx, form) {
-      ctx.set('content-security-policy', CSP.replace("default-src 'none'", "default-src 'none'; form-action 'self'"));
+      // Chromium applies form-action to the redirect that follows the POST, so the exact
+      // registered post-logout origins must be listed (never a wildcard).
+      ctx.set('content-security-policy', CSP.replace("default-src 'none'", `default-src 'none'; form-action 'self' ${logoutOrigins}`));
       ctx.body = layout(assetsPath, 'Sign out', `${form}<button type="submit" form="op.logoutForm" value="yes" name="logout">Sign out</button>`);
     },
     loggedOut(ctx) {
