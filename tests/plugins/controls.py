@@ -5,15 +5,16 @@ Loaded for every run by the root pyproject (`-p tests.plugins.controls`). It
 - checks every `@pytest.mark.control("ID")` against `tests/controls.yaml` (an unknown ID stops
   the run at collection, so a typo can never make a control look proven);
 - records the outcome of each marked test (setup, call and teardown together);
-- writes `reports/zero-trust.md` and `reports/zero-trust.json` listing every control of the
-  catalogue with its tests and their outcomes;
+- writes `reports/zero-trust.md` (summary table, then per control its test functions with
+  parametrizations folded) and `reports/zero-trust.json` (every test case) via controls_report;
+- computes the meta-control GV-2 at session end (proven only when every `now` control has a
+  passing test); a test cannot mark GV-2 itself;
 - on a full run (`ZT_ENFORCE_CONTROLS=1`, set by scripts/test.sh) fails the run when a control
   listed in `tests/controls-covered.txt` has no passing test, so coverage can only grow.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,17 +24,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.plugins.controls_report import META_CONTROLS, Control, build_report, render_markdown
+
 TESTS_DIR = Path(__file__).resolve().parent.parent
 CATALOGUE = TESTS_DIR / "controls.yaml"
 COVERED = TESTS_DIR / "controls-covered.txt"
 ENFORCE_ENV = "ZT_ENFORCE_CONTROLS"
-
-
-@dataclass(frozen=True)
-class Control:
-    id: str
-    title: str
-    when: str  # "now" | "later"
 
 
 @dataclass
@@ -86,6 +82,8 @@ def pytest_collection_modifyitems(
             cid = marker.args[0]
             if cid not in state.catalogue:
                 errors.append(f"{item.nodeid}: unknown control ID {cid!r} (see {CATALOGUE})")
+            elif cid in META_CONTROLS:
+                errors.append(f"{item.nodeid}: {cid} is computed by the plugin, not by a test")
             ids.append(cid)
         if ids:
             state.tests[item.nodeid] = ids
@@ -106,76 +104,13 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         state.outcomes[report.nodeid] = "passed"
 
 
-def build_report(state: ControlsState, enforced: bool) -> dict[str, Any]:
-    controls = []
-    for control in state.catalogue.values():
-        tests = [
-            {"nodeid": nodeid, "outcome": state.outcomes.get(nodeid, "not run")}
-            for nodeid, ids in sorted(state.tests.items())
-            if control.id in ids
-        ]
-        outcomes = {t["outcome"] for t in tests}
-        if "failed" in outcomes:
-            status = "failed"
-        elif "passed" in outcomes:
-            status = "proven"
-        else:
-            status = "untested"
-        controls.append(
-            {
-                "id": control.id,
-                "title": control.title,
-                "when": control.when,
-                "covered": control.id in state.covered,
-                "status": status,
-                "tests": tests,
-            }
-        )
-    missing = [
-        c["id"]
-        for c in controls
-        if c["covered"] and not any(t["outcome"] == "passed" for t in c["tests"])
-    ]
-    return {
-        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "full_run": enforced,
-        "controls": controls,
-        "covered_without_passing_test": missing,
-    }
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    lines = [
-        "# Zero-trust controls report",
-        "",
-        f"Generated {report['generated_at']}"
-        + (" (full run)." if report["full_run"] else " (partial run: not enforced)."),
-        "",
-        "| control | when | covered | status | tests |",
-        "|---|---|---|---|---|",
-    ]
-    for c in report["controls"]:
-        tests = "<br>".join(f"`{t['nodeid']}`: {t['outcome']}" for t in c["tests"]) or "-"
-        lines.append(
-            f"| **{c['id']}** {c['title']} | {c['when']} | {'yes' if c['covered'] else 'no'} "
-            f"| {c['status']} | {tests} |"
-        )
-    if report["covered_without_passing_test"]:
-        lines += [
-            "",
-            "Covered controls without a passing test: "
-            + ", ".join(report["covered_without_passing_test"]),
-        ]
-    return "\n".join(lines) + "\n"
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(_STATE, None)
     if state is None:
         return
     enforced = os.environ.get(ENFORCE_ENV) == "1"
-    report = build_report(state, enforced)
+    report = build_report(state.catalogue, state.covered, state.tests, state.outcomes, enforced)
     out = Path(session.config.rootpath) / "reports"
     out.mkdir(exist_ok=True)
     (out / "zero-trust.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

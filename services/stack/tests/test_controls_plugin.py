@@ -44,7 +44,69 @@ def test_report_lists_every_control_with_its_tests(tmp_path: Path) -> None:
     nw1 = next(c for c in report["controls"] if c["id"] == "NW-1")
     assert nw1["status"] == "proven"
     assert nw1["tests"] == [{"nodeid": "test_sample.py::test_ok", "outcome": "passed"}]
-    assert "| **NW-1**" in (tmp_path / "reports" / "zero-trust.md").read_text(encoding="utf-8")
+    assert (nw1["passed"], nw1["failed"]) == (1, 0)
+    markdown = (tmp_path / "reports" / "zero-trust.md").read_text(encoding="utf-8")
+    assert "| [NW-1](#nw-1) | TLS on every hop the stack owns | now |" in markdown
+    assert "- `test_sample.py::test_ok`: passed" in markdown
+
+
+PARAMETRIZED = """
+import pytest
+
+@pytest.mark.control("NW-2")
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_many(n):
+    assert True
+
+@pytest.mark.control("AP-6")
+@pytest.mark.parametrize("n", ["a", "b", "c"])
+def test_some_fail(n):
+    assert n != "b"
+"""
+
+
+def test_parametrizations_are_folded_in_markdown_and_complete_in_json(tmp_path: Path) -> None:
+    done = run_pytest(tmp_path, PARAMETRIZED, enforce=False)
+    assert done.returncode == 1, done.stdout
+    report = json.loads((tmp_path / "reports" / "zero-trust.json").read_text(encoding="utf-8"))
+    ap6 = next(c for c in report["controls"] if c["id"] == "AP-6")
+    assert [t["outcome"] for t in ap6["tests"]] == ["passed", "failed", "passed"]
+    assert (ap6["status"], ap6["passed"], ap6["failed"]) == ("failed", 2, 1)
+    markdown = (tmp_path / "reports" / "zero-trust.md").read_text(encoding="utf-8")
+    assert "- `test_sample.py::test_many`: 3 cases, all passed" in markdown
+    folded = "- `test_sample.py::test_some_fail`: 3 cases: 1 failed, 2 passed; `[b]` failed"
+    assert folded in markdown
+    assert "test_many[1]" not in markdown
+
+
+def test_gv2_is_computed_from_every_now_control(tmp_path: Path) -> None:
+    from tests.plugins.controls_report import Control, build_report
+
+    catalogue = {
+        "NW-1": Control("NW-1", "TLS", "now"),
+        "DV-3": Control("DV-3", "inventory", "later"),
+        "GV-2": Control("GV-2", "every now control", "now"),
+    }
+    tests = {"t::a": ["NW-1"]}
+    proven = build_report(catalogue, ["GV-2"], tests, {"t::a": "passed"}, True)
+    gv2 = proven["controls"][-1]
+    assert (gv2["status"], gv2["missing"], proven["covered_without_passing_test"]) == (
+        "proven",
+        [],
+        [],
+    )
+    failed = build_report(catalogue, ["GV-2"], tests, {"t::a": "failed"}, True)
+    gv2 = failed["controls"][-1]
+    assert (gv2["status"], gv2["missing"]) == ("failed", ["NW-1"])
+    assert failed["covered_without_passing_test"] == ["GV-2"]
+
+
+def test_a_test_cannot_mark_the_meta_control(tmp_path: Path) -> None:
+    done = run_pytest(
+        tmp_path, 'import pytest\n@pytest.mark.control("GV-2")\ndef test_x():\n    pass\n', False
+    )
+    assert done.returncode == 4
+    assert "GV-2 is computed by the plugin" in done.stdout + done.stderr
 
 
 def test_full_run_fails_when_a_covered_control_has_no_passing_test(tmp_path: Path) -> None:
