@@ -10,6 +10,7 @@ none.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import ssl
@@ -78,6 +79,7 @@ def studies_where(pred: Any) -> set[str]:
     return {s.study_instance_uid for s in demo_data.STUDIES if pred(s)}
 
 
+DEMO_STUDIES = studies_where(lambda s: True)
 NORTH_PERMITTED = studies_where(
     lambda s: s.patient.institution == demo_data.NORTH and s.patient.patient_id != "ZT-P004"
 )
@@ -207,7 +209,9 @@ def playwright() -> Iterator[Playwright]:
 
 
 @pytest.fixture
-def viewer(stack: dict[str, Any], playwright: Playwright, tmp_path: Path) -> Iterator[Session]:
+def viewer(
+    stack: dict[str, Any], playwright: Playwright, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Session]:
     args = [*CHROMIUM_ARGS, "--ignore-certificate-errors-spki-list=" + ",".join(spki_hashes(stack))]
     # A persistent context is the fresh user-data-dir the SPKI allow-list needs.
     context = playwright.chromium.launch_persistent_context(
@@ -229,9 +233,22 @@ def viewer(stack: dict[str, Any], playwright: Playwright, tmp_path: Path) -> Ite
 
     context.on("request", on_request)
     context.on("response", lambda r: session.responses.append((r.status, r.url)))
+    # A Playwright trace of every step; kept under reports/ only when the test failed
+    # (open it with `playwright show-trace reports/viewer-failure-<test>.zip`).
+    context.tracing.start(screenshots=True, snapshots=True)
+    failed_before = request.session.testsfailed
     try:
         yield session
     finally:
+        # The call phase's report is logged before teardown: a higher count means it failed.
+        if request.session.testsfailed > failed_before:
+            REPORTS.mkdir(exist_ok=True)
+            name = f"viewer-failure-{request.node.name}"
+            with contextlib.suppress(Exception):
+                page.screenshot(path=str(REPORTS / f"{name}.png"))
+            context.tracing.stop(path=str(REPORTS / f"{name}.zip"))
+        else:
+            context.tracing.stop()
         context.close()
     assert session.foreign == [], f"requests left the deployment: {session.foreign}"
 
@@ -264,7 +281,9 @@ def test_clinician_sees_exactly_permitted_studies_and_a_ct_renders(viewer: Sessi
     for response in searches:
         assert response.status == 200
         listed |= {s["0020000D"]["Value"][0] for s in response.json()}
-    assert listed == NORTH_PERMITTED
+    # The session's stack is shared: other tests STOW studies of their own. Of the demo
+    # studies, exactly the permitted ones are listed; nothing else the seed stored shows up.
+    assert listed & DEMO_STUDIES == NORTH_PERMITTED
     text = viewer.page.inner_text("body")
     for s in demo_data.STUDIES:
         shown = s.accession_number in text
@@ -338,7 +357,10 @@ def _add_virtual_authenticator(viewer: Session, webauthn: dict[str, str]) -> Non
                 "rpId": webauthn["rp_id"],
                 "privateKey": webauthn["private_key_pkcs8"],
                 "userHandle": std_b64(webauthn["user_handle"]),
-                "signCount": 0,
+                # The IdP refuses an assertion whose counter does not grow (a cloned key) and
+                # keeps the highest counter it saw, also from earlier logins of this run
+                # (tests/identity_fixtures.py starts at the clock): start above all of them.
+                "signCount": int(time.time()),
             },
         },
     )
@@ -366,9 +388,19 @@ def test_webauthn_sign_in_reaches_phishing_resistant_level(viewer: Session) -> N
     assert viewer.csp_violations() == []
 
 
+# Access tokens a sign-out test left behind, checked once they expire by the module's last test
+# (the tests in between use the up to five minutes of waiting).
+SIGNED_OUT_ACCESS_TOKENS: list[str] = []
+
+
 @pytest.mark.browser
-@pytest.mark.timeout(600)
 def test_sign_out_revokes_tokens(viewer: Session, https: Any) -> None:
+    SIGNED_OUT_ACCESS_TOKENS.append(_sign_in_and_out(viewer, https))
+
+
+def _sign_in_and_out(viewer: Session, https: Any) -> str:
+    """Signs north-clinician in and out in the viewer; proves both tokens are revoked at the
+    IdP and the IdP session is gone; returns the old access token (still a valid JWT)."""
     viewer.sign_in("/", "north-clinician")
     viewer.page.wait_for_selector(f"text={NORTH_CT.accession_number}", timeout=60_000)
     user = viewer.user()
@@ -399,18 +431,32 @@ def test_sign_out_revokes_tokens(viewer: Session, https: Any) -> None:
         headers={"Origin": viewer.gateway},
     )
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
-
-    # A JWT access token is checked locally by the gateway: it stops working at its expiry.
-    exp = _claims(access)["exp"]
-    time.sleep(max(0.0, exp - time.time()) + 31)  # leeway_seconds: 30
-    answer = https.get(f"{dicomweb}/studies", headers=bearer)
-    assert answer.status_code == 401
-    assert "invalid_token" in answer.headers["www-authenticate"]
+    return str(access)
 
 
 def _claims(token: str) -> dict[str, Any]:
     payload = token.split(".")[1]
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+def _vip_study_without_grant(viewer: Session, https: Any) -> demo_data.Study:
+    """A VIP study the signed-in user cannot open yet.
+
+    Break-glass grants last an hour (`break_glass.duration_seconds`) and the session's stack is
+    shared: the audit and authorization tests grant er-physician the VIP CT head through the
+    API. Ask the gateway (with the viewer's own MFA token) which VIP study is still closed.
+    """
+    bearer = {"Authorization": f"Bearer {viewer.user()['access_token']}"}
+    for study in (VIP_CT, VIP_MR):
+        url = f"{viewer.stack['dicomweb_url']}/studies/{study.study_instance_uid}/metadata"
+        status = https.get(url, headers=bearer).status_code
+        if status in (403, 404):
+            return study
+        assert status == 200, (study.key, status)
+    raise AssertionError(
+        "er-physician holds break-glass grants for every VIP study (they last an hour): "
+        "run the browser tests against a fresh stack"
+    )
 
 
 def _dismiss_tour(page: Page) -> None:
@@ -421,11 +467,14 @@ def _dismiss_tour(page: Page) -> None:
 
 
 @pytest.mark.browser
-def test_break_glass_opens_a_vip_study_after_reason_and_fresh_mfa(viewer: Session) -> None:
+def test_break_glass_opens_a_vip_study_after_reason_and_fresh_mfa(
+    viewer: Session, https: Any
+) -> None:
     viewer.sign_in("/", "er-physician")
     viewer.page.wait_for_selector(f"text={NORTH_CT.accession_number}", timeout=60_000)
     first_login = viewer.access_claims()["auth_time"]
-    viewer.page.goto(f"{viewer.gateway}/viewer?StudyInstanceUIDs={VIP_CT.study_instance_uid}")
+    vip = _vip_study_without_grant(viewer, https)
+    viewer.page.goto(f"{viewer.gateway}/viewer?StudyInstanceUIDs={vip.study_instance_uid}")
     viewer.page.click("#zt-viewer-alert[data-state=access-denied] a", timeout=60_000)
     viewer.page.wait_for_url(f"{viewer.gateway}/break-glass?**")
     viewer.page.fill("#reason", "Unconscious patient in the emergency room, prior CT needed")
@@ -446,7 +495,7 @@ def test_break_glass_opens_a_vip_study_after_reason_and_fresh_mfa(viewer: Sessio
     assert [g.status for g in grants] == [201]
     claims = viewer.access_claims()
     assert claims["acr"] == MFA and claims["auth_time"] >= first_login
-    assert f"StudyInstanceUIDs={VIP_CT.study_instance_uid}" in viewer.page.url
+    assert f"StudyInstanceUIDs={vip.study_instance_uid}" in viewer.page.url
     viewer.screenshot("viewer-break-glass.png")
     assert viewer.csp_violations() == []
 
@@ -526,11 +575,13 @@ def test_step_up_signs_in_again_and_returns_to_the_same_study(
     """A VIP read needs MFA (policy `mfa-for-vip`): a password-only session gets the RFC 9470
     challenge, the viewer signs in again at that level and comes back to the study."""
     # The break-glass grant makes the VIP study readable at all (it needs a fresh MFA login).
+    # The CT head: the API tests grant it anyway, so the MR spine stays closed for the
+    # break-glass test whatever the order.
     mfa = tokens.user("er-physician", acr_values=MFA, max_age=0)
     grant = https.post(
         viewer.stack["gateway_url"] + "/admin/break-glass",
         json={
-            "study_instance_uid": VIP_MR.study_instance_uid,
+            "study_instance_uid": VIP_CT.study_instance_uid,
             "reason": "step-up browser test: emergency review",
         },
         headers={"Authorization": f"Bearer {mfa.access_token}"},
@@ -561,7 +612,7 @@ def test_step_up_signs_in_again_and_returns_to_the_same_study(
     viewer.page.evaluate(
         """(uid) => { history.pushState({}, '', '/viewer?StudyInstanceUIDs=' + uid);
                       dispatchEvent(new PopStateEvent('popstate')); }""",
-        VIP_MR.study_instance_uid,
+        VIP_CT.study_instance_uid,
     )
     # The viewer's step-up: the IdP asks for the second factor (and the password if it wants).
     viewer.page.wait_for_selector("input[name=otp], input[name=username]", timeout=60_000)
@@ -574,6 +625,26 @@ def test_step_up_signs_in_again_and_returns_to_the_same_study(
     viewer.enter_totp("er-physician")
     stats = viewer.wait_for_image()
     assert stats["max"] - stats["min"] > 40
-    assert f"StudyInstanceUIDs={VIP_MR.study_instance_uid}" in viewer.page.url
+    assert f"StudyInstanceUIDs={VIP_CT.study_instance_uid}" in viewer.page.url
     assert viewer.access_claims()["acr"] == MFA
     assert viewer.csp_violations() == []
+
+
+# Keep this test last in the module: it waits for the access token of the sign-out test above.
+@pytest.mark.browser
+@pytest.mark.timeout(600)
+def test_signed_out_access_token_stops_working_at_expiry(viewer: Session, https: Any) -> None:
+    """A JWT access token is checked locally by the gateway, so revocation cannot reach it: it
+    stops working at its expiry (5 minutes at most, ID-7)."""
+    if SIGNED_OUT_ACCESS_TOKENS:
+        access = SIGNED_OUT_ACCESS_TOKENS.pop()
+    else:  # run on its own: sign in and out first
+        access = _sign_in_and_out(viewer, https)
+    bearer = {"Authorization": f"Bearer {access}"}
+    url = f"{viewer.stack['dicomweb_url']}/studies"
+    exp = _claims(access)["exp"]
+    assert exp - time.time() <= 300
+    time.sleep(max(0.0, exp - time.time()) + 31)  # leeway_seconds: 30
+    answer = https.get(url, headers=bearer)
+    assert answer.status_code == 401
+    assert "invalid_token" in answer.headers["www-authenticate"]
