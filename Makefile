@@ -5,6 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STACK ?= auto
 RUN_DIR ?= .run
+# One lint command for `make lint` and `make test` (CI runs `make test`, so CI keeps code clean).
+LINT := $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && \
+	$(VENV)/bin/mypy --config-file pyproject.toml services/gateway/src services/stack/src idp/client/src
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z][a-zA-Z_-]*:.*## /{printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,12 +27,12 @@ status: ## Show what is running and where
 logs: ## Show the tail of every service log
 	@$(PY) -m ztstack logs --run-dir $(RUN_DIR)
 
-test: bootstrap ## Install what is missing, then run unit and end-to-end tests and write reports/
+test: bootstrap ## Install what is missing, lint (fail fast), then unit + end-to-end tests; reports/
+	@$(LINT) || { echo >&2 "make test: lint failed (above), no test ran. Fix: $(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix . (mypy errors by hand), then make test."; exit 1; }
 	@scripts/test.sh
 
-lint: bootstrap ## ruff and mypy (strict for the gateway)
-	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && \
-	 $(VENV)/bin/mypy --config-file pyproject.toml services/gateway/src services/stack/src idp/client/src
+lint: bootstrap ## ruff and mypy (strict for the gateway); `make test` runs it first
+	@$(LINT)
 
 bench: bootstrap ## Benchmark the gateway against the archive accessed directly
 	@$(PY) scripts/bench.py --run-dir $(RUN_DIR)
