@@ -235,11 +235,6 @@ async def test_unwritable_audit_store_fails_closed(
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="dicomweb.py resolves the owning study at the archive before auditor.preflight(); "
-    "preflight must move before owning_study() (reported to the lead)",
-)
 async def test_unwritable_audit_store_resolves_no_owner(
     tmp_path: Path, archive: FakeArchive, idp: FakeIdp
 ) -> None:

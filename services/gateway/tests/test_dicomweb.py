@@ -188,6 +188,84 @@ async def test_other_study_refused(
     no_leak(r)
 
 
+def named_uids(request: httpx.Request) -> set[str]:
+    """Every UID an archive request names, in its path or any query value."""
+    uids = set(request.url.path.split("/"))
+    for _, value in httpx.QueryParams(request.url.query).multi_items():
+        uids.update(value.split(","))
+    return uids
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AP-1")
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", f"/dicom-web/studies/{B}"),
+        ("GET", f"/dicom-web/studies/{B}/metadata"),
+        ("GET", f"/dicom-web/studies/{B}/series"),
+        ("GET", f"/dicom-web/studies/{B}/series/{B_SERIES}/instances"),
+        ("GET", f"/dicom-web/studies/{B}/series/{B_SERIES}"),
+        ("GET", f"/dicom-web/studies/{B}/series/{B_SERIES}/instances/{B_SOP}/frames/1"),
+        ("GET", f"/dicom-web/studies/{B}/series/{A_SERIES}/instances/{A_SOP}"),
+        ("GET", f"/dicom-web/studies/{B}/series/{B_SERIES}/instances/{B_SOP}/thumbnail"),
+        ("DELETE", f"/dicom-web/studies/{B}"),
+        ("DELETE", f"/dicom-web/studies/{B}/series/{B_SERIES}"),
+    ],
+)
+async def test_refused_study_is_never_named_to_the_archive(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive, method: str, path: str
+) -> None:
+    """The decision on the named study comes from the policy store alone: the archive is not
+    asked about B, its series or its instances (issue 5, AP-1)."""
+    r = await client.request(method, path, headers=auth(idp))
+    assert r.status_code == 403, r.text
+    for sent in archive.requests:
+        assert not named_uids(sent) & {B, B_SERIES, B_SOP}, sent.url
+    no_leak(r)
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AP-1")
+@pytest.mark.parametrize(
+    "query", [f"StudyInstanceUID={B}", f"0020000D={B}", f"StudyInstanceUID={B},{B}"]
+)
+async def test_qido_for_refused_study_asks_the_archive_nothing(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive, query: str
+) -> None:
+    for level in ("studies", "series", "instances"):
+        r = await client.get(f"/dicom-web/{level}?{query}", headers=auth(idp))
+        assert r.status_code == 200 and r.json() == [], r.text
+    assert archive.requests == []
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AP-1")
+async def test_qido_uid_list_cut_to_permitted_before_forwarding(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive
+) -> None:
+    r = await client.get(f"/dicom-web/studies?StudyInstanceUID={B},{A}", headers=auth(idp))
+    assert r.status_code == 200
+    assert [item["0020000D"]["Value"][0] for item in r.json()] == [A]
+    (sent,) = archive.requests
+    assert httpx.QueryParams(sent.url.query)["StudyInstanceUID"] == A
+    assert B not in named_uids(sent)
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AP-1")
+async def test_hierarchy_checked_after_the_named_study_is_allowed(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive
+) -> None:
+    """`/studies/A/series/<series of B>`: A is allowed, so the series' owner is looked up (by the
+    series UID, never by B) and the mismatch is 404; nothing is retrieved."""
+    r = await client.get(f"/dicom-web/studies/{A}/series/{B_SERIES}/metadata", headers=auth(idp))
+    assert r.status_code == 404
+    assert [q.url.path for q in archive.requests] == ["/dicom-web/series"]
+    assert B not in named_uids(archive.requests[0])
+    no_leak(r)
+
+
 @pytest.mark.anyio
 @pytest.mark.control("AP-5")
 async def test_retrieve_zeroes_preamble(client: httpx.AsyncClient, idp: FakeIdp) -> None:

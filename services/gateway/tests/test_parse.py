@@ -105,6 +105,10 @@ REFUSED = [
     ("GET", "studies", "limit=-1", 400),
     ("GET", "studies", "limit=abc", 400),
     ("GET", "studies", "includefield=NotAKey", 400),
+    ("GET", "series", "includefield=00080021,00189999", 400),
+    # Return-only keys of PS3.18 table 10.6.3-x are not matching keys.
+    ("GET", "studies", "RetrieveURL=x", 400),
+    ("GET", "instances", "00280100=16", 400),
     ("GET", "studies", "StudyInstanceUID=1.2.x", 400),
     ("GET", "studies", "flag", 400),
     ("GET", f"studies/{S}", "window=1,2,linear", 400),
@@ -132,6 +136,13 @@ def test_refused(method: str, path: str, query: str, status: int) -> None:
             "StudyDate=20200101-20201231&includefield=00081030&includefield=00080060",
         ),
         ("limit=5&offset=2", ""),
+        # OHIF's lazy study loader (series level).
+        ("includefield=00080021,00080031", "includefield=00080021&includefield=00080031"),
+        ("SeriesDate=20260101", "SeriesDate=20260101"),
+        (
+            "includefield=TimezoneOffsetFromUTC,00080056,BitsAllocated",
+            "includefield=00080201&includefield=00080056&includefield=00280100",
+        ),
     ],
 )
 def test_canonical_query(query: str, expected: str) -> None:

@@ -99,15 +99,24 @@ async def dispatch(request: Request, ctx: RequestContext, resource: Resource) ->
 async def owning_study(
     request: Request, ctx: RequestContext, resource: Resource, action: Action
 ) -> StudyRef:
-    """Resolve the study that owns the deepest UID addressed, then authorize on it.
+    """Authorize on the study the path names, then prove the archive's hierarchy agrees.
 
-    A mismatch (`/studies/A/series/<series of B>`) is 404. A missing object is 404 only after
-    the caller was found allowed on the study named, so existence is not disclosed (AP-1).
+    The decision on the named study reads only the policy store: the archive is not asked
+    anything about a study the caller may not see (AP-1, "the archive is not asked for it").
+    Only then are the owners of the addressed series/instance looked up; a mismatch
+    (`/studies/A/series/<series of B>`) is 404, as is a missing object, so existence is never
+    disclosed for a study the caller was refused.
     """
     archive: OrthancArchive = request.app.state.archive
     authorizer = request.app.state.authorizer
     named = resource.study_instance_uid
     assert named is not None
+    try:
+        await authorizer.check_study(ctx, action, named)
+    except GatewayError:
+        # The refusal's audit message names the study; its patient is not asked of the archive.
+        ctx.add_study(StudyRef(named))
+        raise
     level, uid = "study", named
     if resource.sop_instance_uid:
         level, uid = "instance", resource.sop_instance_uid
@@ -118,14 +127,11 @@ async def owning_study(
         # The instance's series must itself belong to the same study.
         series_owners = await archive.owners("series", resource.series_instance_uid)
         owners = tuple(o for o in owners if o in series_owners) or ()
-    if not owners:
-        await authorizer.check_study(ctx, action, named)
-        raise not_found(f"{level} {uid} not in the archive")
     owner = next((o for o in owners if o.study_instance_uid == named), None)
     if owner is None:
-        raise not_found(f"{level} {uid} belongs to another study than {named}")
+        ctx.add_study(StudyRef(named))
+        raise not_found(f"{level} {uid} not in study {named} in the archive")
     ctx.add_study(owner)
-    await authorizer.check_study(ctx, action, named)
     return owner
 
 
@@ -142,12 +148,22 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
     await authorizer.check_action(ctx, Action.SEARCH)
     if resource.study_instance_uid:
         await owning_study(request, ctx, resource, Action.SEARCH)
-    assert resource.query is not None
+    query = resource.query
+    assert query is not None
+    named = query.values("StudyInstanceUID")
+    if named:
+        # Ask the archive only about studies this caller may search (AP-1): a UID list is cut
+        # to its permitted members before it is forwarded, and nothing is forwarded if none is.
+        allowed = await authorizer.permitted_studies(ctx, Action.SEARCH, named)
+        kept = [uid for uid in named if uid in allowed]
+        if not kept:
+            return Response(dump_json([]), status_code=200, media_type=DICOM_JSON)
+        query = query.with_match("StudyInstanceUID", ",".join(kept))
     ctx.forwarded = True
     upstream = await archive.send(
         "GET",
         DICOMWEB_ROOT + resource.archive_path(),
-        resource.query.archive_query(("StudyInstanceUID", "PatientID")),
+        query.archive_query(("StudyInstanceUID", "PatientID")),
         {"Accept": DICOM_JSON},
         stream=False,
     )
@@ -162,7 +178,7 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
         allowed: set[str] = await authorizer.permitted_studies(ctx, Action.SEARCH, uids)
         return allowed
 
-    page = await filter_qido(results, resource.query, permitted, drop_study_uid=False)
+    page = await filter_qido(results, query, permitted, drop_study_uid=False)
     for item in page:
         study = _first(item, "0020000D")
         if study:

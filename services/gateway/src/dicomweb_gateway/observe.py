@@ -61,6 +61,10 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.getLogger(name).propagate = True
     # The access log would duplicate ours without the request id and principal.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every archive request at INFO, and the change-feed poll runs every 2 s per
+    # worker: at INFO they would bury the gateway's own one line per request.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def log_request(ctx: RequestContext, seconds: float) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import unquote_to_bytes
 
 from .context import Action
@@ -123,8 +123,23 @@ QIDO_KEYS: dict[str, str] = {
     "NumberOfFrames": "00280008",
     "InstitutionName": "00080080",
     "BodyPartExamined": "00180015",
+    # Series date and time: OHIF's study loader asks for them (includefield=00080021,00080031);
+    # both are Orthanc main DICOM tags, answered from its index.
+    "SeriesDate": "00080021",
+    "SeriesTime": "00080031",
 }
+# Return keys of PS3.18 tables 10.6.3-3/4/5 that are not matching keys: includefield only.
+# (RequestAttributeSequence and its items are left out: Orthanc 1.10 cannot match sequences.)
+QIDO_RETURN_ONLY: dict[str, str] = {
+    "SpecificCharacterSet": "00080005",
+    "InstanceAvailability": "00080056",
+    "TimezoneOffsetFromUTC": "00080201",
+    "RetrieveURL": "00081190",
+    "BitsAllocated": "00280100",
+}
+_RETURN_KEYS = QIDO_KEYS | QIDO_RETURN_ONLY
 _TAG_TO_KEYWORD = {tag: kw for kw, tag in QIDO_KEYS.items()}
+_TAG_TO_RETURN_KEYWORD = {tag: kw for kw, tag in _RETURN_KEYS.items()}
 _UID_KEYS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"})
 # Values may hold letters, digits and the DICOM matching characters (PS3.4 C.2.2.2): wildcard
 # `*` `?`, range `-`, name components `^`, UID lists `,`, spaces and dots. Nothing that could
@@ -135,9 +150,17 @@ _PARAMS = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
 
 
 def _keyword(raw_key: str) -> str | None:
+    """The keyword of a matching key (keyword or tag spelling), None if not allowed."""
     if raw_key in QIDO_KEYS:
         return raw_key
     return _TAG_TO_KEYWORD.get(raw_key.upper())
+
+
+def _return_keyword(raw_key: str) -> str | None:
+    """The keyword of an includefield value (matching or return-only key)."""
+    if raw_key in _RETURN_KEYS:
+        return raw_key
+    return _TAG_TO_RETURN_KEYWORD.get(raw_key.upper())
 
 
 @dataclass(frozen=True)
@@ -162,6 +185,18 @@ class QidoQuery:
                 out.append((keyword, re.compile(pattern, re.IGNORECASE | re.DOTALL)))
         return tuple(out)
 
+    def values(self, keyword: str) -> list[str]:
+        """The UIDs of a list-valued match key (`StudyInstanceUID=1.2,1.3`), in request order."""
+        for key, value in self.matches:
+            if key == keyword:
+                return [v for v in value.split(",") if v]
+        return []
+
+    def with_match(self, keyword: str, value: str) -> QidoQuery:
+        """The same query with one match key's value replaced."""
+        matches = tuple((k, value if k == keyword else v) for k, v in self.matches)
+        return replace(self, matches=matches)
+
     def archive_query(self, extra_includefields: tuple[str, ...] = ()) -> str:
         """The canonical raw query Orthanc 1.10 reads: keywords, raw values, no pagination.
 
@@ -172,7 +207,7 @@ class QidoQuery:
         fields = list(self.includefields)
         fields += [f for f in extra_includefields if f not in fields]
         fields += [k for k, _ in self.exact_filters if k not in fields]
-        parts += [f"includefield={QIDO_KEYS[f]}" for f in fields]
+        parts += [f"includefield={_RETURN_KEYS[f]}" for f in fields]
         if self.fuzzymatching:
             parts.append("fuzzymatching=true")
         return "&".join(parts)
@@ -245,7 +280,7 @@ def parse_qido(query: str, max_limit: int) -> QidoQuery:
                     if field == "all":
                         includefields.extend(k for k in QIDO_KEYS if k not in includefields)
                         continue
-                    keyword = _keyword(field)
+                    keyword = _return_keyword(field)
                     if keyword is None:
                         raise bad_request(
                             "unsupported_key", "unsupported query key", f"includefield {field!r}"
