@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,10 +26,12 @@ import yaml
 from pydicom.uid import generate_uid
 from ztstack import demo_data
 
+from tests.identity_fixtures import webauthn_login
+
 pytestmark = pytest.mark.e2e
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "attack-corpus" / "authz.yaml").read_text())
-MFA, PWD = "urn:zt:acr:mfa", "urn:zt:acr:pwd"
+MFA, PWD, PHR = "urn:zt:acr:mfa", "urn:zt:acr:pwd", "urn:zt:acr:phr"
 RS, C, D = "user/ImagingStudy.rs", "user/ImagingStudy.c", "user/ImagingStudy.d"
 STUDIES = {s.key: s for s in demo_data.STUDIES}
 ALL = frozenset(STUDIES)
@@ -266,10 +269,15 @@ def test_read_matrix(
 # ------------------------------------------------------------------------------ STOW / DELETE
 
 
-def stow_body(key: str, new_study: bool) -> tuple[bytes, str, str]:
+def stow_body(
+    key: str, new_study: bool, confidentiality: str | None = None
+) -> tuple[bytes, str, str]:
     """A multipart/related STOW body with one new instance: in demo study `key`, or in a new
-    study with the same patient and site (so ingest rules label it like `key`)."""
+    study with the same patient and site (so ingest rules label it like `key`); with a
+    Confidentiality Code (0040,1008) when given."""
     ds = demo_data.instance(STUDIES[key], 1)
+    if confidentiality is not None:
+        ds.ConfidentialityCode = confidentiality
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if new_study:
@@ -295,8 +303,9 @@ def stow(
     key: str,
     new_study: bool,
     into_path: bool = False,
+    confidentiality: str | None = None,
 ) -> tuple[httpx.Response, str]:
-    body, content_type, study_uid = stow_body(key, new_study)
+    body, content_type, study_uid = stow_body(key, new_study, confidentiality)
     url = stack["dicomweb_url"] + (f"/studies/{study_uid}" if into_path else "/studies")
     headers = bearer(token) | {"Content-Type": content_type, "Accept": "application/dicom+json"}
     return send(https, "POST", url, headers, body), study_uid
@@ -453,6 +462,55 @@ def test_break_glass_opens_one_vip_study_for_a_limited_time(
     )
     assert weak_read.status_code == 401
     assert f'acr_values="{MFA}' in weak_read.headers["WWW-Authenticate"]
+
+
+def _challenge_params(response: httpx.Response) -> dict[str, str]:
+    """The auth-params of a `Bearer` challenge (RFC 6750 section 3, quoted strings)."""
+    header = response.headers["WWW-Authenticate"]
+    assert header.startswith("Bearer ")
+    return dict(re.findall(r'([a-z_]+)="([^"]*)"', header))
+
+
+@pytest.mark.control("ID-3")
+@pytest.mark.browser
+def test_restricted_study_needs_a_phishing_resistant_login(
+    stack: dict[str, Any], https: httpx.Client, tokens: Any, archive_log: Any
+) -> None:
+    """Policy `phr-for-restricted` (OMB M-22-09): a study labelled `restricted` is searched,
+    read and deleted only with WebAuthn (`urn:zt:acr:phr`); a fresh TOTP login (`mfa`) gets the
+    RFC 9470 challenge and the archive is never asked for the study."""
+    modality = tokens.device("modality-ct1", "system/ImagingStudy.c")
+    stored, uid = stow(https, stack, modality, "p001-ct-chest", new_study=True, confidentiality="R")
+    assert stored.status_code == 200, stored.text
+    root = stack["dicomweb_url"]
+    accept = {"Accept": "application/dicom+json"}
+    metadata, search = f"{root}/studies/{uid}/metadata", f"{root}/studies?StudyInstanceUID={uid}"
+
+    totp = tokens.user("radiologist", f"openid {RS} {D}", acr_values=MFA, max_age=300)
+    assert totp.claims["acr"] == MFA
+    mark = archive_log.mark()
+    for method, url in (("GET", metadata), ("DELETE", f"{root}/studies/{uid}")):
+        refused = send(https, method, url, bearer(totp) | accept)
+        assert refused.status_code == 401, (method, refused.text)
+        challenge = _challenge_params(refused)
+        assert challenge["error"] == "insufficient_user_authentication"
+        assert challenge["acr_values"].split() == [PHR], challenge
+        assert uid.encode() not in refused.content
+    listed = send(https, "GET", search, bearer(totp) | accept)
+    assert uid not in returned_studies(listed)
+    time.sleep(1)  # a straggling forward would be logged by now
+    asked = [f"{e.method} {e.uri}" for e in archive_log.since(mark) if uid in e.uri]
+    assert asked == [], f"the archive was asked for the restricted study: {asked}"
+
+    # The same radiologist with the security key (WebAuthn in Chromium): searched, read, deleted.
+    phr = webauthn_login(stack, "radiologist", f"openid {RS} {D}", PHR)
+    assert phr.claims["acr"] == PHR
+    assert uid in returned_studies(send(https, "GET", search, bearer(phr) | accept))
+    read = send(https, "GET", metadata, bearer(phr) | accept)
+    assert read.status_code == 200 and uid.encode() in read.content
+    deleted = send(https, "DELETE", f"{root}/studies/{uid}", bearer(phr))
+    assert deleted.status_code in (200, 202, 204), deleted.text
+    assert send(https, "GET", metadata, bearer(phr) | accept).status_code in (403, 404)
 
 
 def _json(value: Any) -> bytes:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import json
 import ssl
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from dicomweb_cli.login import next_totp
 from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
+from pydicom.uid import generate_uid
 from ztstack import demo_data
 
 pytestmark = [pytest.mark.e2e]
@@ -183,7 +187,14 @@ class Session:
         deadline = time.monotonic() + timeout
         stats: dict[str, Any] | None = None
         while time.monotonic() < deadline:
-            stats = self.page.evaluate(CANVAS_STATS)
+            try:
+                stats = self.page.evaluate(CANVAS_STATS)
+            except PlaywrightError as e:
+                # The viewer reloads the study after a grant or a step-up: poll the new page.
+                if "context was destroyed" not in str(e):
+                    raise
+                self.page.wait_for_load_state()
+                continue
             if stats and stats["max"] - stats["min"] > 40:
                 return stats
             time.sleep(1)
@@ -366,25 +377,87 @@ def _add_virtual_authenticator(viewer: Session, webauthn: dict[str, str]) -> Non
     )
 
 
+def stow_restricted_study(stack: dict[str, Any], https: Any, tokens: Any) -> str:
+    """Stores one CT slice as a new North General study with Confidentiality Code R, sent by
+    the CT modality; the ingest rules label it `site:north` and `restricted`, and policy
+    `phr-for-restricted` lets only a phishing-resistant login search or read it."""
+    ds = demo_data.instance(NORTH_CT, 1)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
+        generate_uid(),
+        generate_uid(),
+        generate_uid(),
+    )
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.AccessionNumber = "ZT-E2E-" + uuid.uuid4().hex[:8]
+    ds.ConfidentialityCode = "R"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    boundary = uuid.uuid4().hex
+    body = b"".join(
+        (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
+            buf.getvalue(),
+            f"\r\n--{boundary}--\r\n".encode(),
+        )
+    )
+    modality = tokens.device("modality-ct1", "system/ImagingStudy.c")
+    stored = https.post(
+        f"{stack['dicomweb_url']}/studies",
+        content=body,
+        headers={
+            "Authorization": f"Bearer {modality.access_token}",
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Accept": "application/dicom+json",
+        },
+    )
+    assert stored.status_code == 200, stored.text
+    return str(ds.StudyInstanceUID)
+
+
 @pytest.mark.browser
 @pytest.mark.control("ID-3")
-def test_webauthn_sign_in_reaches_phishing_resistant_level(viewer: Session) -> None:
-    creds = viewer.stack["users"]["radiologist"]
-    _add_virtual_authenticator(viewer, creds["webauthn"])
-    # What the viewer does on an RFC 9470 challenge for acr_values=phr (app-config.js): the next
-    # sign-in asks for the phishing-resistant level. Set it on a viewer page, then open a study.
-    viewer.page.goto(viewer.gateway + "/break-glass")
+def test_webauthn_sign_in_reaches_phishing_resistant_level(
+    viewer: Session, https: Any, tokens: Any
+) -> None:
+    """A restricted study needs `urn:zt:acr:phr` (policy `phr-for-restricted`): the radiologist's
+    TOTP session gets the RFC 9470 challenge, the viewer signs in again and the IdP asks for the
+    security key (Chromium's virtual authenticator), then the same study renders."""
+    restricted = stow_restricted_study(viewer.stack, https, tokens)
+    viewer.sign_in("/", "radiologist")
+    viewer.page.wait_for_selector(f"text={NORTH_CT.accession_number}", timeout=60_000)
+    assert viewer.access_claims()["acr"] == MFA
+    _add_virtual_authenticator(viewer, viewer.stack["users"]["radiologist"]["webauthn"])
+
+    challenges: list[str] = []
+    viewer.page.on(
+        "response",
+        lambda r: (
+            challenges.append(r.headers.get("www-authenticate", ""))
+            if r.status == 401 and restricted in r.url
+            else None
+        ),
+    )
+    # Inside the running viewer, as a click in the study list does.
     viewer.page.evaluate(
-        "(acr) => sessionStorage.setItem('zt-step-up', JSON.stringify({acr_values: acr}))", PHR
+        """(uid) => { history.pushState({}, '', '/viewer?StudyInstanceUIDs=' + uid);
+                      dispatchEvent(new PopStateEvent('popstate')); }""",
+        restricted,
     )
-    viewer.sign_in(
-        f"/viewer?StudyInstanceUIDs={NORTH_CT.study_instance_uid}", "radiologist", "webauthn"
-    )
+    # The new sign-in asks for the password again (prompt=login), then the security key; the
+    # IdP's page starts the WebAuthn assertion itself and the virtual authenticator answers.
+    viewer.page.wait_for_selector("input[name=username]", timeout=60_000)
+    assert challenges and f'acr_values="{PHR}"' in challenges[0]
+    viewer.page.fill("input[name=username]", "radiologist")
+    viewer.page.fill("input[name=password]", viewer.stack["users"]["radiologist"]["password"])
+    viewer.page.click("button[type=submit]")
+    viewer.page.wait_for_url(lambda url: url.startswith(viewer.gateway), timeout=60_000)
     stats = viewer.wait_for_image()
     assert stats["max"] - stats["min"] > 40
+    assert f"StudyInstanceUIDs={restricted}" in viewer.page.url
     claims = viewer.access_claims()
     assert claims["acr"] == PHR
     assert {"hwk", "swk"} & set(claims["amr"]) and "otp" not in claims["amr"]
+    viewer.screenshot("viewer-phishing-resistant.png")
     assert viewer.csp_violations() == []
 
 
@@ -413,16 +486,24 @@ def _sign_in_and_out(viewer: Session, https: Any) -> str:
     viewer.page.on(
         "response", lambda r: revocations.append(r) if r.url.endswith("/revocation") else None
     )
+    landed: list[str] = []
+    viewer.page.on(
+        "framenavigated",
+        lambda frame: landed.append(frame.url) if frame == viewer.page.main_frame else None,
+    )
     viewer.page.goto(viewer.gateway + "/logout")
     # The IdP's end-session page: the viewer has already revoked both tokens (RFC 7009).
     viewer.page.click("button[name=logout]", timeout=60_000)
-    viewer.page.wait_for_url(viewer.gateway + "/**", timeout=60_000)
+    # The IdP sends the browser back to the viewer (post_logout_redirect_uri), which holds no
+    # user any more and so starts a new sign-in at once: the IdP session is gone too, it asks
+    # for the password again. (Reading the page between those two navigations would race.)
+    viewer.page.wait_for_selector("input[name=username]", timeout=60_000)
+    assert any(u.startswith(viewer.gateway) and urlsplit(u).path == "/" for u in landed), landed
     assert [r.status for r in revocations] == [200, 200]
+    # The tab's sessionStorage for the gateway origin, read on a page that does not redirect.
+    viewer.page.goto(viewer.gateway + "/break-glass")
     key = f"oidc.user:{viewer.stack['idp_issuer']}:ohif-viewer"
     assert viewer.page.evaluate("(k) => sessionStorage.getItem(k)", key) is None
-    # The IdP session is gone too: opening the viewer asks for a password again.
-    viewer.page.goto(viewer.gateway + "/")
-    viewer.page.wait_for_selector("input[name=username]", timeout=60_000)
 
     discovery = https.get(viewer.stack["idp_issuer"] + "/.well-known/openid-configuration").json()
     answer = https.post(
