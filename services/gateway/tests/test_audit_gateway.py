@@ -244,3 +244,77 @@ async def test_unwritable_audit_store_resolves_no_owner(
     ]
     await _audit_down(tmp_path, archive, idp, requests)
     assert [r for r in archive.requests if r.url.path != "/system"] == []
+
+
+def _query_ctx(n: int) -> RequestContext:
+    from dicomweb_gateway.context import Principal
+
+    who = Principal("user-1", "https://idp.test", "cli", frozenset({"openid"}), jti=f"j{n}")
+    return RequestContext(
+        f"req-{n}",
+        "GET",
+        "/dicom-web/studies",
+        "127.0.0.9",
+        transaction="search_for_studies",
+        action=Action.SEARCH,
+        principal=who,
+        status=200,
+        forwarded=True,
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.control("VA-6")
+async def test_group_commit_each_answer_waits_for_its_own_durable_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    store = AuditStore(f"sqlite:///{tmp_path}/audit.db")
+    auditor = Auditor(store)
+    transactions: list[int] = []
+    real = store.append_many
+
+    def counting(batches: Any) -> list[int]:
+        transactions.append(len(batches))
+        return real(batches)
+
+    monkeypatch.setattr(store, "append_many", counting)
+
+    async def one(n: int) -> int:
+        await auditor.record(_query_ctx(n))
+        # When record() returns, this request's own record is committed.
+        found = store.search(Filters(request_id=f"req-{n}"))
+        return len(found)
+
+    counts = await asyncio.gather(*(one(n) for n in range(30)))
+    assert all(c >= 1 for c in counts)
+    assert sum(transactions) == 30 and len(transactions) < 30  # requests shared transactions
+    assert store.verify() == []  # one unbroken chain across the shared transactions
+    await auditor.close()
+    store.dispose()
+
+
+@pytest.mark.anyio
+@pytest.mark.control("AO-2")
+async def test_group_commit_failure_withholds_every_answer_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from dicomweb_gateway.audit.store import AuditStoreError
+    from dicomweb_gateway.errors import GatewayError
+
+    store = AuditStore(f"sqlite:///{tmp_path}/audit.db")
+    auditor = Auditor(store)
+
+    def failing(batches: Any) -> list[int]:
+        raise AuditStoreError("audit write failed: OperationalError")
+
+    monkeypatch.setattr(store, "append_many", failing)
+    results = await asyncio.gather(
+        *(auditor.record(_query_ctx(n)) for n in range(10)), return_exceptions=True
+    )
+    assert all(isinstance(r, GatewayError) and r.status == 503 for r in results), results
+    await auditor.close()
+    store.dispose()

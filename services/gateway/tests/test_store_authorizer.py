@@ -179,3 +179,48 @@ def test_invalid_policy_stops_start_up(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="unknown label 'b'"):
         Authorizer.from_settings(settings(tmp_path, bad))  # type: ignore[arg-type]
     assert not (tmp_path / "gateway.db").exists()  # nothing started
+
+
+@pytest.mark.control("AP-1")
+async def test_cache_sees_another_workers_label_change_at_once(
+    setup: tuple[Authorizer, FakeOrthanc], tmp_path: Path
+) -> None:
+    """Facts are cached per worker, but a label change committed by ANOTHER worker (here a
+    second Authorizer on the same store file) takes effect on this worker's next decision."""
+    authorizer, _ = setup
+    await authorizer.check_study(ctx(NORTH), Action.READ, NORTH_UID)
+    assert NORTH_UID in authorizer._cache.facts  # cached after the first decision
+    other = Authorizer.from_settings(settings(tmp_path))  # type: ignore[arg-type]
+    try:
+        await other.store.change_labels(NORTH_UID, ["vip"], ["site:north"], "admin", "test")
+    finally:
+        await other.close()
+    with pytest.raises(GatewayError):
+        await authorizer.check_study(ctx(NORTH), Action.READ, NORTH_UID)
+    assert await authorizer.permitted_studies(ctx(NORTH), Action.SEARCH, {NORTH_UID}) == set()
+
+
+@pytest.mark.control("DA-2")
+async def test_cached_grant_expires_on_time(
+    setup: tuple[Authorizer, FakeOrthanc], tmp_path: Path
+) -> None:
+    authorizer, _ = setup
+    er = principal("user/ImagingStudy.rs", "clinician break-glass", "/site-north", acr=MFA)
+    other = Authorizer.from_settings(settings(tmp_path))  # type: ignore[arg-type]
+    try:
+        await other.store.grant_break_glass(
+            er.subject, er.issuer, VIP_UID, "unconscious", 60, datetime.fromtimestamp(NOW, UTC)
+        )
+    finally:
+        await other.close()
+    await authorizer.check_study(ctx(er), Action.READ, VIP_UID)
+    assert (er.subject, er.issuer) in authorizer._cache.grants
+    authorizer.clock = lambda: NOW + 61  # no store change: only the clock moves
+    with pytest.raises(GatewayError):
+        await authorizer.check_study(ctx(er), Action.READ, VIP_UID)
+
+
+async def test_unknown_studies_are_not_cached(setup: tuple[Authorizer, FakeOrthanc]) -> None:
+    authorizer, _ = setup
+    assert await authorizer.permitted_studies(ctx(NORTH), Action.SEARCH, {UNKNOWN_UID}) == set()
+    assert UNKNOWN_UID not in authorizer._cache.facts

@@ -61,6 +61,7 @@ class Authorizer:
         self._poller: ChangeFeedPoller | None = None
         self._owned_archive: Any = None
         self._settings: Settings | None = None
+        self._cache = _FactsCache()
 
     @classmethod
     def from_settings(cls, settings: Settings, archive: Any = None) -> Authorizer:
@@ -134,7 +135,7 @@ class Authorizer:
     ) -> Decision:
         if ctx.principal is None:
             return Decision(False, ("unauthenticated",))
-        study = await self.store.study(study_instance_uid)
+        study = (await self._studies({study_instance_uid}))[study_instance_uid]
         grants = await self._grants(ctx)
         return decide(ctx.principal, action, study, self.policy, self.clock(), grants)
 
@@ -149,13 +150,24 @@ class Authorizer:
         now = self.clock()
         if not decide(principal, action, None, self.policy, now).allow:
             return set()
-        studies: dict[str, StudyFacts] = await self.store.studies(uids)
+        studies = await self._studies(uids)
         grants = await self._grants(ctx)
-        return {
-            uid
-            for uid, facts in studies.items()
-            if decide(principal, action, facts, self.policy, now, grants).allow
-        }
+        narrowed = principal.study_scopes
+        # A search result lists many studies that share labels and patient: decide once per
+        # distinct set of facts. A criterion reads the study UID only through break-glass
+        # grants and `study:` scopes (policy/criteria/break_glass.py, study_scope.py), so both
+        # are part of the key; everything else a criterion reads is in StudyFacts.
+        memo: dict[tuple[object, ...], bool] = {}
+        allowed: set[str] = set()
+        for uid, facts in studies.items():
+            key = (facts.labels, facts.patient_id, facts.known, uid in grants, uid in narrowed)
+            verdict = memo.get(key)
+            if verdict is None:
+                verdict = decide(principal, action, facts, self.policy, now, grants).allow
+                memo[key] = verdict
+            if verdict:
+                allowed.add(uid)
+        return allowed
 
     async def on_stored(self, ctx: RequestContext, study_instance_uids: Iterable[str]) -> None:
         """After a successful STOW: apply the ingest rules to the stored studies now, so the
@@ -170,12 +182,35 @@ class Authorizer:
             except Exception as exc:  # the STOW succeeded; the change feed will retry
                 log.warning("ingest of study %s after STOW failed: %r", uid, exc)
 
+    async def _studies(self, uids: set[str]) -> dict[str, StudyFacts]:
+        """Study facts, from this worker's cache while the store is unchanged."""
+        cache = self._cache.current(self.store.change_marker())
+        if cache is None:
+            return await self.store.studies(uids)
+        missing = {uid for uid in uids if uid not in cache.facts}
+        if missing:
+            found = await self.store.studies(missing)
+            # Unknown studies are not cached: the change feed or a STOW may label them any
+            # moment, and they are decided "deny" anyway.
+            cache.remember_facts({u: f for u, f in found.items() if f.known})
+            return {uid: cache.facts.get(uid) or found[uid] for uid in uids}
+        return {uid: cache.facts[uid] for uid in uids}
+
     async def _grants(self, ctx: RequestContext) -> frozenset[str]:
         principal = ctx.principal
         if principal is None:
             return frozenset()
         now = datetime.fromtimestamp(self.clock(), UTC)
-        return await self.store.active_grants(principal.subject, principal.issuer, now)
+        key = (principal.subject, principal.issuer)
+        cache = self._cache.current(self.store.change_marker())
+        if cache is None:
+            return await self.store.active_grants(principal.subject, principal.issuer, now)
+        expiries = cache.grants.get(key)
+        if expiries is None:
+            expiries = await self.store.grant_expiries(principal.subject, principal.issuer, now)
+            cache.remember_grants(key, expiries)
+        # Expiry is checked on every request, so a cached grant never outlives itself.
+        return frozenset(uid for uid, expires in expiries.items() if expires > now)
 
     @staticmethod
     def _enforce(ctx: RequestContext, decision: Decision) -> None:
@@ -184,6 +219,47 @@ class Authorizer:
         if decision.allow:
             return
         raise _error_for(decision)
+
+
+class _FactsCache:
+    """Study facts and break-glass grants, valid while the store's change marker is unchanged.
+
+    Every write to the policy store (label change, ingest, break-glass grant, in any worker)
+    changes the marker, and the marker is read on every request, so a revoked label or a new
+    grant takes effect on the next request anywhere: the cache never answers from a store
+    state older than the last committed change. Without a marker nothing is cached.
+    """
+
+    MAX_ENTRIES = 20_000  # a bound on memory; the cache starts over when it is reached
+
+    def __init__(self) -> None:
+        self.marker: int | None = None
+        self.facts: dict[str, StudyFacts] = {}
+        self.grants: dict[tuple[str, str], dict[str, datetime]] = {}
+
+    def current(self, marker: int | None) -> _FactsCache | None:
+        if marker is None:
+            self.marker = None
+            self.clear()
+            return None
+        if marker != self.marker:
+            self.marker = marker
+            self.clear()
+        return self
+
+    def clear(self) -> None:
+        self.facts = {}
+        self.grants = {}
+
+    def remember_facts(self, facts: dict[str, StudyFacts]) -> None:
+        if len(self.facts) + len(facts) > self.MAX_ENTRIES:
+            self.facts = {}
+        self.facts.update(facts)
+
+    def remember_grants(self, key: tuple[str, str], expiries: dict[str, datetime]) -> None:
+        if len(self.grants) >= self.MAX_ENTRIES:
+            self.grants = {}
+        self.grants[key] = expiries
 
 
 def load_policy_files(

@@ -52,6 +52,9 @@ class Auditor:
         self.public_url = public_url
         self.memory: list[AuditMessage] = []
         self._writable_until = 0.0
+        # Group commit: records waiting for the next transaction, and the task writing them.
+        self._queue: list[tuple[list[AuditMessage], str, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Auditor:
@@ -99,14 +102,47 @@ class Auditor:
         if self.store is None:
             self.memory.extend(messages)
             return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((messages, ctx.request_id, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued())
         try:
-            await asyncio.to_thread(self.store.append, messages, ctx.request_id)
+            # The answer waits until its own record is committed (durable), not just queued.
+            await done
         except AuditStoreError as exc:
-            self._writable_until = 0.0
             log.error("audit record lost for request %s: %s", ctx.request_id, exc)
             raise service_unavailable(str(exc)) from None
         if self.shipper is not None:
             await self._ship(messages)
+
+    async def _write_queued(self) -> None:
+        """Commit everything queued, one transaction per round, off the event loop.
+
+        While one transaction is being written, concurrent requests queue up and share the
+        next one (group commit): one commit per round instead of one per request. A failed
+        transaction fails every request in it (each answers 503: fail closed).
+        """
+        assert self.store is not None
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                await asyncio.to_thread(
+                    self.store.append_many, [(messages, rid) for messages, rid, _ in batch]
+                )
+            except Exception as exc:
+                self._writable_until = 0.0
+                error = (
+                    exc
+                    if isinstance(exc, AuditStoreError)
+                    else AuditStoreError(f"audit write failed: {exc.__class__.__name__}")
+                )
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(error)
+            else:
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
 
     async def _ship(self, messages: list[AuditMessage]) -> None:
         assert self.shipper is not None
@@ -128,6 +164,8 @@ class Auditor:
             raise service_unavailable(str(exc)) from None
 
     async def close(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            await self._writer
         if self.shipper is not None:
             await self.shipper.close()
         if self.store is not None:

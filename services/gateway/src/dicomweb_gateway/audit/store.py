@@ -184,7 +184,17 @@ class AuditStore:
 
     def append(self, messages: Sequence[AuditMessage], request_id: str = "") -> list[int]:
         """Append messages in one transaction, chained after the current head."""
-        if not messages:
+        return self.append_many([(messages, request_id)])
+
+    def append_many(self, batches: Sequence[tuple[Sequence[AuditMessage], str]]) -> list[int]:
+        """Append several requests' messages in ONE transaction (group commit): all are
+        durable when this returns, or none is and AuditStoreError is raised."""
+        rows = [
+            self._row(message, request_id)
+            for messages, request_id in batches
+            for message in messages
+        ]
+        if not rows:
             return []
         self.ensure_schema()
         try:
@@ -195,20 +205,17 @@ class AuditStore:
                     .with_for_update()  # PostgreSQL row lock; SQLite has BEGIN IMMEDIATE
                 ).one()
                 seq, prev = int(head.seq), str(head.hash)
-                written = []
-                for message in messages:
+                values = []
+                for row in rows:
                     seq += 1
-                    row = self._row(message, request_id)
                     row_hash = record_hash(prev, row)
-                    conn.execute(
-                        insert(audit_record).values(seq=seq, prev_hash=prev, hash=row_hash, **row)
-                    )
+                    values.append({"seq": seq, "prev_hash": prev, "hash": row_hash, **row})
                     prev = row_hash
-                    written.append(seq)
+                conn.execute(insert(audit_record), values)
                 conn.execute(
                     update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev)
                 )
-                return written
+                return [v["seq"] for v in values]
         except SQLAlchemyError as exc:
             raise AuditStoreError(f"audit write failed: {exc.__class__.__name__}") from exc
 

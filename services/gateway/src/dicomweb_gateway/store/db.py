@@ -7,6 +7,7 @@ and psycopg drivers installed). The schema is created and upgraded by the Alembi
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -68,6 +69,11 @@ class PolicyStore:
         if async_url.get_backend_name() == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._session = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite: one plain connection that only reads PRAGMA data_version (change_marker).
+        self._marker_db: sqlite3.Connection | None = None
+        self._marker_path = (
+            self._sync_url.database if self._sync_url.get_backend_name() == "sqlite" else None
+        )
 
     # -- schema ------------------------------------------------------------------------------
 
@@ -105,7 +111,33 @@ class PolicyStore:
             return False
 
     async def close(self) -> None:
+        if self._marker_db is not None:
+            self._marker_db.close()
+            self._marker_db = None
         await self.engine.dispose()
+
+    def change_marker(self) -> int | None:
+        """A number that changes whenever any connection, in any worker process, commits a
+        change to the store; None when the backend offers no cheap one (nothing is cached then).
+
+        SQLite's `PRAGMA data_version` does exactly this (https://sqlite.org/pragma.html
+        #pragma_data_version): in WAL mode it reads the shared wal-index header, microseconds
+        and no disk I/O, so it can run on the event loop for every request.
+        """
+        if not self._marker_path or self._marker_path == ":memory:":
+            return None
+        try:
+            if self._marker_db is None:
+                self._marker_db = sqlite3.connect(
+                    self._marker_path, isolation_level=None, check_same_thread=False
+                )
+            row = self._marker_db.execute("PRAGMA data_version").fetchone()
+            return int(row[0])
+        except sqlite3.Error:
+            if self._marker_db is not None:
+                self._marker_db.close()
+            self._marker_db = None
+            return None
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -139,6 +171,22 @@ class PolicyStore:
                 )
             )
             return frozenset(rows)
+
+    async def grant_expiries(self, subject: str, issuer: str, now: datetime) -> dict[str, datetime]:
+        """Active break-glass grants of one user: study -> when the latest grant expires."""
+        async with self._session() as session:
+            rows = await session.execute(
+                select(BreakGlassGrant.study_instance_uid, BreakGlassGrant.expires_at).where(
+                    BreakGlassGrant.subject == subject,
+                    BreakGlassGrant.issuer == issuer,
+                    BreakGlassGrant.expires_at > now,
+                )
+            )
+            out: dict[str, datetime] = {}
+            for uid, expires in rows:
+                if uid not in out or expires > out[uid]:
+                    out[uid] = expires
+            return out
 
     async def label_history(self, uid: str) -> list[LabelChange]:
         async with self._session() as session:
