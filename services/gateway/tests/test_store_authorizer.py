@@ -224,3 +224,13 @@ async def test_unknown_studies_are_not_cached(setup: tuple[Authorizer, FakeOrtha
     authorizer, _ = setup
     assert await authorizer.permitted_studies(ctx(NORTH), Action.SEARCH, {UNKNOWN_UID}) == set()
     assert UNKNOWN_UID not in authorizer._cache.facts
+
+
+async def test_on_stored_skips_known_studies(setup: tuple[Authorizer, FakeOrthanc]) -> None:
+    """Storing into a study the store already knows does not read the (growing) study back
+    from the archive: it was labelled from the same first instance when it became known."""
+    authorizer, orthanc = setup
+    before = len(orthanc.requests)
+    await authorizer.on_stored(ctx(NORTH), [NORTH_UID])
+    assert len(orthanc.requests) == before
+    assert (await authorizer.store.study(NORTH_UID)).labels == {"site:north"}

@@ -174,7 +174,17 @@ class Authorizer:
         uploader's site can see them at once (the change feed would otherwise do it later)."""
         if self.source is None:
             return
-        for uid in set(study_instance_uids):
+        uids = set(study_instance_uids)
+        # A study the store already knows was labelled from its first instance when it became
+        # known, and ingest reads that same first instance again: nothing would change. Skipping
+        # it saves reading the study's instance list from the archive, which grows with the
+        # study (the change feed still re-checks every stable study).
+        try:
+            known = {uid for uid, facts in (await self._studies(uids)).items() if facts.known}
+        except Exception as exc:  # the STOW succeeded; ingest all of them
+            log.warning("policy store read after STOW failed: %r", exc)
+            known = set()
+        for uid in sorted(uids - known):
             try:
                 attributes = await self.source.study_attributes(uid)
                 if attributes is not None:
