@@ -232,7 +232,9 @@
           supportsWildcard: true,
           imageRendering: 'wadors',
           thumbnailRendering: 'wadors',
-          enableStudyLazyLoad: false,
+          // Series first (QIDO with includefield=00080021,00080031), then each series'
+          // metadata: the first image shows before the whole study's metadata arrived.
+          enableStudyLazyLoad: true,
           staticWado: false,
           singlepart: false,
           bulkDataURI: { enabled: true, relativeResolution: 'studies' },
