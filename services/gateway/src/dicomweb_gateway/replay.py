@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 _metadata = sa.MetaData()
@@ -51,9 +51,19 @@ class SqlReplayCache:
         self._ready = False
         self._last_purge = 0.0
 
-    async def setup(self) -> None:
-        async with self._engine.begin() as conn:
-            await conn.run_sync(_metadata.create_all)
+    async def setup(self, attempts: int = 5) -> None:
+        # Every worker runs this at start-up against the same database. Two workers can race
+        # between create_all's existence check and its CREATE TABLE; the loser gets "already
+        # exists", which is the state it wanted, so it checks again instead of dying (a dead
+        # worker makes uvicorn stop the whole gateway).
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.run_sync(_metadata.create_all)
+                break
+            except DatabaseError as exc:
+                if "already exists" not in str(exc) or attempt == attempts:
+                    raise
         self._ready = True
 
     async def first_use(self, key: str, expires_at: float) -> bool:
