@@ -39,32 +39,6 @@ log = logging.getLogger("dicomweb_gateway")
 
 SETTINGS_ENV = "DICOMWEB_GATEWAY_SETTINGS"
 
-# Archive-native REST routes and other paths an attacker may try at the root: always 404, even
-# where the viewer would otherwise answer with its index page (AP-2).
-ARCHIVE_NATIVE = (
-    "tools",
-    "instances",
-    "series",
-    "studies",
-    "patients",
-    "system",
-    "plugins",
-    "changes",
-    "exports",
-    "modalities",
-    "peers",
-    "jobs",
-    "statistics",
-    "app",
-    "ui",
-    "orthanc",
-    "osimis-viewer",
-    "stone-webviewer",
-    "dicom-web-old",
-    "wado-rs",
-    "rs",
-    "dcm4chee-arc",
-)
 SCOPES_SUPPORTED = [
     "user/ImagingStudy.rs",
     "user/ImagingStudy.c",
