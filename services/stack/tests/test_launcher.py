@@ -51,3 +51,27 @@ def test_clean_refuses_a_directory_that_is_not_a_run_directory(tmp_path: Path) -
     with pytest.raises(StackError, match="does not look like a run directory"):
         launcher.down(RunDir.at(tmp_path), clean=True)
     assert (tmp_path / "precious").exists()
+
+
+def test_summary_prints_each_demo_users_password_and_totp_secret(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = {
+        "viewer_url": "https://localhost:8443/",
+        "dicomweb_url": "https://localhost:8443/dicom-web",
+        "gateway_http_url": "http://localhost:8080",
+        "idp_issuer": "https://localhost:9443/realms/dicomweb",
+        "ca_cert": "/run/pki/ca.pem",
+        "archive": {"http_url": "https://localhost:8042"},
+        "run_dir": "/run",
+        "users": {
+            "north-clinician": {"roles": ["clinician"], "password": "pw-1", "totp_secret": "JBSW"},
+            "researcher": {"roles": ["researcher"], "password": "pw-2"},
+        },
+    }
+    launcher.print_summary(data)
+    out = capsys.readouterr().out
+    north = next(line for line in out.splitlines() if line.strip().startswith("north-clinician"))
+    assert "pw-1" in north and "JBSW" in north
+    researcher = next(line for line in out.splitlines() if line.strip().startswith("researcher"))
+    assert "pw-2" in researcher and researcher.rstrip().endswith("-")

@@ -193,11 +193,14 @@ def print_summary(data: dict[str, Any]) -> None:
         f"  CA certificate  {data['ca_cert']}  (trust it in your browser or client)",
         f"  Archive         {data['archive']['http_url']} (gateway only: client cert + password)",
         "",
-        "  Demo users (passwords and TOTP secrets are in stack.json):",
+        "  Demo users (generated for this run directory; also in stack.json). Add the TOTP",
+        "  secret to any RFC 6238 authenticator app. Try north-clinician first.",
+        f"    {'user':<16} {'roles':<22} {'password':<24} TOTP secret",
     ]
     for name, user in sorted(users.items()):
         roles = ",".join(user.get("roles", []))
-        lines.append(f"    {name:<16} {roles}")
+        totp = user.get("totp_secret") or "-"
+        lines.append(f"    {name:<16} {roles:<22} {user.get('password', '?'):<24} {totp}")
     if not users:
         lines.append("    (none yet: the IdP was not started)")
     lines += [
