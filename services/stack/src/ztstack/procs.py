@@ -152,6 +152,9 @@ def stop(run: RunDir, name: str, timeout: float = STOP_TIMEOUT, signalled: bool 
     while time.monotonic() < deadline:
         _reap(pid)
         if not alive(pid):
+            # It may have turned zombie between the reap and the check: reap it now, or its
+            # Popen stays unfinished and warns "still running" when collected.
+            _reap(pid)
             _forget(run, name)
             return f"stopped (pid {pid})"
         time.sleep(0.1)
@@ -162,6 +165,7 @@ def stop(run: RunDir, name: str, timeout: float = STOP_TIMEOUT, signalled: bool 
     for _ in range(50):
         _reap(pid)
         if not alive(pid):
+            _reap(pid)
             break
         time.sleep(0.1)
     _forget(run, name)
