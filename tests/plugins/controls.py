@@ -1,6 +1,6 @@
 """pytest plugin: the zero-trust controls report (CONTROLS.md, GV-2).
 
-Loaded for every run by the root pyproject (`-p tests.plugins.controls`). It
+Loaded for every run by the root `conftest.py` (`pytest_plugins`). It
 
 - checks every `@pytest.mark.control("ID")` against `tests/controls.yaml` (an unknown ID stops
   the run at collection, so a typo can never make a control look proven);
