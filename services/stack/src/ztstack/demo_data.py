@@ -109,7 +109,15 @@ def phantom(modality: str, slice_index: int, variant: int) -> np.ndarray:
     rng = np.random.default_rng(1000 * variant + slice_index)
     img += 0.02 * rng.standard_normal(img.shape)
     if modality == "CT":
-        hu = -1000 + img * 1100  # air outside, soft tissue and bone-like rim inside
+        # Hounsfield units a CT window (W400/L40) shows: air outside, a bone rim (the skull),
+        # brain around +40 HU inside, CSF-like ventricles near 0, denser spots up to ~+100.
+        outer = ellipses[0]
+        head = ((x - outer[0]) / outer[2]) ** 2 + ((y - outer[1]) / outer[3]) ** 2 <= 1
+        inner = ellipses[1]
+        brain = ((x - inner[0]) / inner[2]) ** 2 + ((y - inner[1]) / inner[3]) ** 2 <= 1
+        hu = np.full(img.shape, -1000.0)
+        hu[head] = 40 + (img[head] - 0.4) * 200
+        hu[head & ~brain] = 1000 + 50 * img[head & ~brain]
         return np.clip(hu + 1024, 0, 4095).astype(np.int16)
     return np.clip(img * 2000 + 50, 0, 4095).astype(np.uint16)
 
