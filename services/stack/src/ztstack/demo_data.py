@@ -118,7 +118,8 @@ def phantom(modality: str, slice_index: int, variant: int) -> np.ndarray:
         hu = np.full(img.shape, -1000.0)
         hu[head] = 40 + (img[head] - 0.4) * 200
         hu[head & ~brain] = 1000 + 50 * img[head & ~brain]
-        return np.clip(hu + 1024, 0, 4095).astype(np.int16)
+        stored: np.ndarray = np.clip(hu + 1024, 0, 4095).astype(np.int16)
+        return stored
     return np.clip(img * 2000 + 50, 0, 4095).astype(np.uint16)
 
 
