@@ -90,7 +90,7 @@ def study(key: str) -> Study:
 def phantom(modality: str, slice_index: int, variant: int) -> np.ndarray:
     """A Shepp-Logan-like head phantom: ellipses that change with the slice, plus texture.
 
-    CT values are stored (HU + 1024) as signed 16-bit; MR values are unsigned 12-bit.
+    CT values are stored as HU + 1024, unsigned 12-bit; MR values are unsigned 12-bit.
     """
     y, x = np.mgrid[-1 : 1 : ROWS * 1j, -1 : 1 : COLUMNS * 1j]
     z = (slice_index - (SLICES - 1) / 2) / SLICES
@@ -118,7 +118,9 @@ def phantom(modality: str, slice_index: int, variant: int) -> np.ndarray:
         hu = np.full(img.shape, -1000.0)
         hu[head] = 40 + (img[head] - 0.4) * 200
         hu[head & ~brain] = 1000 + 50 * img[head & ~brain]
-        stored: np.ndarray = np.clip(hu + 1024, 0, 4095).astype(np.int16)
+        # Stored unsigned in 12 bits (0..4095) with RescaleIntercept -1024, as many CT scanners
+        # do; signed 12-bit would wrap bone (above +1023 HU) to negative values.
+        stored: np.ndarray = np.clip(hu + 1024, 0, 4095).astype(np.uint16)
         return stored
     return np.clip(img * 2000 + 50, 0, 4095).astype(np.uint16)
 
@@ -173,7 +175,7 @@ def instance(s: Study, number: int) -> Dataset:
     variant = STUDIES.index(s)
     pixels = phantom(s.modality, number - 1, variant)
     if s.modality == "CT":
-        ds.PixelRepresentation = 1
+        ds.PixelRepresentation = 0
         ds.RescaleIntercept = "-1024"
         ds.RescaleSlope = "1"
         ds.RescaleType = "HU"
