@@ -33,20 +33,12 @@ from playwright.sync_api import Error as PlaywrightError
 from pydicom.uid import generate_uid
 from ztstack import demo_data
 
+from tests.identity_fixtures import CHROMIUM, CHROMIUM_ARGS
+
 pytestmark = [pytest.mark.e2e]
 
 REPO = Path(__file__).resolve().parent.parent
 REPORTS = REPO / "reports"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 MFA, PHR = "urn:zt:acr:mfa", "urn:zt:acr:phr"
 
 # Catches violations before any page script runs (init scripts are exempt from the page CSP).
