@@ -1,7 +1,8 @@
 """The request context: each step of the data flow reads and writes this one object.
 
 parse -> authenticate -> authorize -> forward -> filter/rewrite -> respond, audit at the end
-(STYLE rule 6). Audit is a notification: it reads the context and never changes the outcome.
+(STYLE rule 6). Audit reads the context and never changes a decision; but recording is part of
+answering, so an answer whose record cannot be stored is withheld (503, fail closed).
 """
 
 from __future__ import annotations
