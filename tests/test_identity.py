@@ -78,6 +78,7 @@ def _post_form(idp: httpx.Client, page: httpx.Response, fields: dict[str, str]) 
 # --- discovery and token shape (the identity contract) ----------------------------------
 
 
+@pytest.mark.control("ID-9")
 def test_discovery_advertises_only_the_hardened_profile(
     stack: dict[str, Any], oidc: dict[str, Any]
 ) -> None:
@@ -92,6 +93,7 @@ def test_discovery_advertises_only_the_hardened_profile(
     assert oidc["revocation_endpoint"].startswith(oidc["issuer"])
 
 
+@pytest.mark.control("ID-1")
 def test_access_token_follows_rfc9068(stack: dict[str, Any], tokens: Any) -> None:
     t = tokens.user("north-clinician")
     header = decode_header(t.access_token)
@@ -106,6 +108,7 @@ def test_access_token_follows_rfc9068(stack: dict[str, Any], tokens: Any) -> Non
     assert c["jti"] and "cnf" not in c
 
 
+@pytest.mark.control("AP-1")
 def test_patient_claim_and_study_scope(stack: dict[str, Any], tokens: Any) -> None:
     uid = "1.2.826.0.1.3680043.8.498.1"
     t = tokens.user("portal-patient", scope=f"openid patient/ImagingStudy.rs study:{uid}")
@@ -113,6 +116,7 @@ def test_patient_claim_and_study_scope(stack: dict[str, Any], tokens: Any) -> No
     assert t.claims["scope"].split() == ["patient/ImagingStudy.rs", f"study:{uid}"]
 
 
+@pytest.mark.control("ID-9")
 def test_device_token_via_private_key_jwt(stack: dict[str, Any], tokens: Any) -> None:
     t = tokens.device("modality-ct1", "system/ImagingStudy.c")
     assert t.claims["sub"] == "modality-ct1" and t.claims["client_id"] == "modality-ct1"
@@ -124,6 +128,7 @@ def test_device_token_via_private_key_jwt(stack: dict[str, Any], tokens: Any) ->
     assert e.value.error == "invalid_scope"
 
 
+@pytest.mark.control("ID-5")
 def test_dpop_bound_tokens_for_the_cli(stack: dict[str, Any], tokens: Any) -> None:
     key = generate_key()
     t = tokens.user_dpop("radiologist", "openid user/ImagingStudy.rs", key)
@@ -412,6 +417,7 @@ def test_cors_only_for_the_gateway_origin(
 # --- bad input -------------------------------------------------------------------------------
 
 
+@pytest.mark.control("ID-3")
 def test_wrong_password_unknown_user_and_wrong_code_look_the_same(
     stack: dict[str, Any], oidc: dict[str, Any], idp: Any
 ) -> None:
@@ -427,6 +433,7 @@ def test_wrong_password_unknown_user_and_wrong_code_look_the_same(
         login_password(stack, "admin", "openid", acr_values=ACR_MFA, totp_code="000000")
 
 
+@pytest.mark.control("ID-3")
 def test_repeated_failures_lock_the_name_out(
     stack: dict[str, Any], oidc: dict[str, Any], idp: Any
 ) -> None:
@@ -442,12 +449,14 @@ def test_repeated_failures_lock_the_name_out(
     assert int(page.headers["retry-after"]) > 0
 
 
+@pytest.mark.control("ID-3")
 def test_wrong_totp_codes_count_toward_lockout_without_revealing_it(stack: dict[str, Any]) -> None:
     with pytest.raises(OAuthError) as e:
         login_password(stack, "north-clinician", "openid", acr_values=ACR_MFA, totp_code="12345")
     assert e.value.status == 401  # malformed code: the same generic failure
 
 
+@pytest.mark.control("ID-7")
 def test_replayed_authorization_code_is_refused_and_its_tokens_revoked(
     stack: dict[str, Any],
 ) -> None:
@@ -478,6 +487,7 @@ def test_replayed_authorization_code_is_refused_and_its_tokens_revoked(
          "invalid_grant"),
     ],
 )  # fmt: skip
+@pytest.mark.control("ID-9")
 def test_malformed_token_requests_get_rfc6749_errors(
     oidc: dict[str, Any], idp: Any, form: dict[str, str], error: str
 ) -> None:
@@ -487,6 +497,7 @@ def test_malformed_token_requests_get_rfc6749_errors(
     assert "access_token" not in r.json()
 
 
+@pytest.mark.control("ID-9")
 def test_bad_scope_and_resource_get_rfc6749_errors(stack: dict[str, Any]) -> None:
     with pytest.raises(OAuthError) as e:
         login_password(stack, "researcher", "openid user/ImagingStudy.rs admin/everything")
@@ -499,6 +510,7 @@ def test_bad_scope_and_resource_get_rfc6749_errors(stack: dict[str, Any]) -> Non
     assert e.value.error == "invalid_target"
 
 
+@pytest.mark.control("ID-9")
 def test_authorization_errors_return_to_the_client(
     stack: dict[str, Any], oidc: dict[str, Any], idp: Any
 ) -> None:

@@ -459,6 +459,7 @@ SIGNED_OUT_ACCESS_TOKENS: list[str] = []
 
 
 @pytest.mark.browser
+@pytest.mark.control("ID-7")
 def test_sign_out_revokes_tokens(viewer: Session, https: Any) -> None:
     SIGNED_OUT_ACCESS_TOKENS.append(_sign_in_and_out(viewer, https))
 
@@ -540,6 +541,7 @@ def _dismiss_tour(page: Page) -> None:
 
 
 @pytest.mark.browser
+@pytest.mark.control("DA-2")
 def test_break_glass_opens_a_vip_study_after_reason_and_fresh_mfa(
     viewer: Session, https: Any
 ) -> None:
@@ -574,6 +576,7 @@ def test_break_glass_opens_a_vip_study_after_reason_and_fresh_mfa(
 
 
 @pytest.mark.browser
+@pytest.mark.control("DA-2")
 def test_break_glass_page_needs_a_valid_study_and_reason(viewer: Session) -> None:
     viewer.page.goto(f"{viewer.gateway}/break-glass?study=not-a-uid")
     assert viewer.page.is_hidden("#break-glass-form")
@@ -706,6 +709,7 @@ def test_step_up_signs_in_again_and_returns_to_the_same_study(
 # Keep this test last in the module: it waits for the access token of the sign-out test above.
 @pytest.mark.browser
 @pytest.mark.timeout(600)
+@pytest.mark.control("ID-7")
 def test_signed_out_access_token_stops_working_at_expiry(viewer: Session, https: Any) -> None:
     """A JWT access token is checked locally by the gateway, so revocation cannot reach it: it
     stops working at its expiry (5 minutes at most, ID-7)."""
