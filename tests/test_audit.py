@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import re
 import shutil
 import socket
@@ -24,20 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pydicom
 import pytest
 import yaml
 from dicomweb_gateway.audit.schema import validate
 from dicomweb_gateway.audit.store import AuditStore, Filters
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
+
+from tests.dicom_parts import CT_IMAGE, PE_PREAMBLE, multipart, new_instance, part10
 
 pytestmark = pytest.mark.e2e
 
 MFA = "urn:zt:acr:mfa"
 READ = "openid user/ImagingStudy.rs"
-PE_PREAMBLE = b"MZ" + bytes(0x3A) + (0x40).to_bytes(4, "little") + b"PE\0\0"
-CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -110,43 +107,12 @@ def bearer(token: Any) -> dict[str, str]:
 
 
 def ct_file(study: str, patient_id: str, preamble: bytes | None = None) -> bytes:
-    ds = pydicom.Dataset()
-    ds.SOPClassUID = CT_IMAGE
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = patient_id
-    ds.PatientName = "Audit^Test"
-    ds.InstitutionName = "North General Hospital"
-    ds.Modality = "CT"
-    ds.Rows = ds.Columns = 4
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = bytes(32)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    data = out.getvalue()
-    if preamble is not None:
-        data = preamble.ljust(128, b"\0") + data[128:]
-    return data
+    ds = new_instance(study, patient_id, rows=4, sop_class=CT_IMAGE, modality="CT")
+    return part10(ds, preamble)
 
 
 def stow_body(part: bytes) -> tuple[dict[str, str], bytes]:
-    boundary = "auditE2E"
-    body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + part
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    ctype, body = multipart([part])
     return {"Content-Type": ctype, "Accept": "application/dicom+json"}, body
 
 

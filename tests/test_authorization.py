@@ -9,7 +9,6 @@ in docs/internals.md; docs/policy.md explains them.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
@@ -26,6 +25,7 @@ import yaml
 from pydicom.uid import generate_uid
 from ztstack import demo_data
 
+from tests.dicom_parts import multipart, part10
 from tests.identity_fixtures import webauthn_login
 
 pytestmark = pytest.mark.e2e
@@ -284,15 +284,7 @@ def stow_body(
         ds.StudyInstanceUID = generate_uid()
         ds.SeriesInstanceUID = generate_uid()
         ds.AccessionNumber = "ZT-E2E-" + uuid.uuid4().hex[:8]
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    boundary = uuid.uuid4().hex
-    body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + buf.getvalue()
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    content_type, body = multipart([part10(ds)])
     return body, content_type, str(ds.StudyInstanceUID)
 
 

@@ -7,22 +7,19 @@ errors (AP-6). Every refusal also checks that the archive's request log shows no
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pydicom
 import pytest
 import requests
 import yaml
 from dicomweb_client.api import DICOMwebClient
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from tests.conftest import ca_context
+from tests.dicom_parts import PE_PREAMBLE, multipart, new_instance, part10
 
 pytestmark = pytest.mark.e2e
 
@@ -30,57 +27,6 @@ CORPUS = yaml.safe_load(
     (Path(__file__).parent / "attack-corpus" / "gateway-requests.yaml").read_text()
 )
 SCOPES = "openid user/ImagingStudy.rs user/ImagingStudy.c"
-PE_PREAMBLE = b"MZ" + bytes(0x3A) + (0x40).to_bytes(4, "little") + b"PE\0\0"
-
-
-def new_instance(study: str | None = None, rows: int = 64) -> pydicom.Dataset:
-    """A small CT-like image for a North General patient (ingest labels it site:north)."""
-    ds = pydicom.Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = study or generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "ZT-E2E-" + ds.StudyInstanceUID[-6:]
-    ds.PatientName = "Roundtrip^Test"
-    ds.InstitutionName = "North General Hospital"
-    ds.StudyDate = "20260101"
-    ds.Modality = "OT"
-    ds.Rows = rows
-    ds.Columns = rows
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    rng = np.random.default_rng(int(time.time()))
-    ds.PixelData = rng.integers(0, 4095, size=(rows, rows), dtype=np.uint16).tobytes()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    return ds
-
-
-def file_bytes(ds: pydicom.Dataset, preamble: bytes | None = None) -> bytes:
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    data = out.getvalue()
-    if preamble is not None:
-        data = preamble.ljust(128, b"\0") + data[128:]
-    return data
-
-
-def multipart(parts: list[bytes], boundary: str = "zt-e2e-boundary") -> tuple[str, bytes]:
-    body = (
-        b"".join(
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
-            for p in parts
-        )
-        + f"--{boundary}--\r\n".encode()
-    )
-    return f'multipart/related; type="application/dicom"; boundary={boundary}', body
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +90,7 @@ def test_round_trip_with_dicomweb_client(
 ) -> None:
     ds = new_instance()
     created.append(ds.StudyInstanceUID)
-    sent = file_bytes(ds)
+    sent = part10(ds)
     dicomweb.store_instances(datasets=[pydicom.dcmread(io.BytesIO(sent))])
 
     found = dicomweb.search_for_studies(search_filters={"PatientID": ds.PatientID})
@@ -192,7 +138,7 @@ def test_executable_preamble_refused(
 ) -> None:
     for preamble in (PE_PREAMBLE, b"\x7fELF\x02\x01\x01", b"\xcf\xfa\xed\xfe", b"#!/bin/sh\n"):
         ds = new_instance()
-        ctype, body = multipart([file_bytes(ds, preamble)])
+        ctype, body = multipart([part10(ds, preamble)])
         mark = archive_log.mark()
         r = https.post(
             f"{stack['dicomweb_url']}/studies",
@@ -273,7 +219,7 @@ def test_stow_size_cap_and_compression(
     stack: dict[str, Any], https: httpx.Client, archive_log: Any, token: str, extra_gateway: Any
 ) -> None:
     ds = new_instance(rows=256)
-    ctype, body = multipart([file_bytes(ds)])
+    ctype, body = multipart([part10(ds)])
     with extra_gateway({"limits": {"stow_max_bytes": 65536}}) as gw:
         mark = archive_log.mark()
         r = https.post(
@@ -340,7 +286,7 @@ def test_no_internal_urls(
             assert stack["gateway_url"] in r.text  # BulkDataURIs point at the gateway
     ds = new_instance()
     created.append(ds.StudyInstanceUID)
-    ctype, body = multipart([file_bytes(ds)])
+    ctype, body = multipart([part10(ds)])
     r = https.post(base + "/studies", content=body, headers=auth(token) | {"Content-Type": ctype})
     assert r.status_code == 200
     assert_no_leak(stack, r)
