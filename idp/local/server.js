@@ -20,6 +20,7 @@ import { Store } from './lib/store.js';
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ASSETS = {
   'style.css': ['text/css; charset=utf-8', readFileSync(join(HERE, 'assets', 'style.css'))],
+  'b64url.js': ['text/javascript; charset=utf-8', readFileSync(join(HERE, 'assets', 'b64url.js'))],
   'webauthn.js': ['text/javascript; charset=utf-8', readFileSync(join(HERE, 'assets', 'webauthn.js'))],
   'webauthn-register.js': [
     'text/javascript; charset=utf-8', readFileSync(join(HERE, 'assets', 'webauthn-register.js')),

@@ -1,17 +1,7 @@
 // WebAuthn registration (enrolment) for the IdP's own page (CSP script-src 'self').
 (function () {
   'use strict';
-  function b64urlToBuf(s) {
-    var b = atob(s.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((s.length + 3) % 4));
-    var out = new Uint8Array(b.length);
-    for (var i = 0; i < b.length; i++) out[i] = b.charCodeAt(i);
-    return out.buffer;
-  }
-  function bufToB64url(buf) {
-    var bytes = new Uint8Array(buf), s = '';
-    for (var i = 0; i < bytes.length; i++) s += String.fromCharCode(bytes[i]);
-    return btoa(s).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
-  }
+  var b64urlToBuf = window.ztB64url.toBuf, bufToB64url = window.ztB64url.fromBuf;
   function start() {
     var o = JSON.parse(document.getElementById('webauthn-options').textContent);
     var publicKey = {

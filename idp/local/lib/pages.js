@@ -58,6 +58,7 @@ export function webauthnPage({
 <input type="hidden" name="credential" id="credential">
 <button type="button" id="webauthn-start">Use security key</button></form>
 ${enrolAction ? `<p><a href="${esc(enrolAction)}">Register a new security key</a> (asks for your one-time code)</p>` : ''}
+<script src="${assets}/b64url.js"></script>
 <script src="${assets}/webauthn.js"></script>`);
 }
 
@@ -68,6 +69,7 @@ export function registerPage({ assets, action, options, error = false }) {
 <form method="post" action="${esc(action)}" id="webauthn-form">
 <input type="hidden" name="credential" id="credential">
 <button type="button" id="webauthn-start">Register security key</button></form>
+<script src="${assets}/b64url.js"></script>
 <script src="${assets}/webauthn-register.js"></script>`);
 }
 
