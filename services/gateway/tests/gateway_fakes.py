@@ -22,7 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from dicomweb_gateway.policy import StudyFacts
 from dicomweb_gateway.settings import Settings, parse_settings
+from dicomweb_gateway.store import Claim
 from joserfc import jws
 from joserfc.jwk import ECKey
 from pydicom.dataset import FileMetaDataset
@@ -257,10 +259,36 @@ class FakeArchive:
     patients: dict[str, str] = field(default_factory=dict)
     requests: list[httpx.Request] = field(default_factory=list)
     handler_override: Callable[[httpx.Request], httpx.Response | None] | None = None
+    deleted: list[str] = field(default_factory=list)
+    # How the fake reads a stored part: pydicom by default; a test may play another parser.
+    reader: Callable[[bytes], pydicom.Dataset] | None = None
+
+    def stow(self, request: httpx.Request) -> dict[str, Any]:
+        """Store each part like Orthanc: answer ReferencedSOPSequence items with RetrieveURLs."""
+        boundary = request.headers["content-type"].split("boundary=")[1].encode()
+        items = []
+        for piece in request.content.split(b"--" + boundary)[1:]:
+            if piece.startswith(b"--"):
+                break
+            data = piece.partition(b"\r\n\r\n")[2][:-2]
+            ds = (self.reader or (lambda b: pydicom.dcmread(io.BytesIO(b))))(data)
+            study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+            self.add(study, series, sop, str(ds.get("PatientID", "")))
+            url = f"{ARCHIVE_URL}/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+            items.append(
+                {
+                    "00081150": element("UI", str(ds.SOPClassUID)),
+                    "00081155": element("UI", sop),
+                    "00081190": element("UR", url),
+                }
+            )
+        return {"00081199": {"vr": "SQ", "Value": items}}
 
     def add(self, study: str, series: str, sop: str, patient: str = "ZT-P001") -> None:
-        self.studies.setdefault(study, {}).setdefault(series, []).append(sop)
-        self.patients[study] = patient
+        instances = self.studies.setdefault(study, {}).setdefault(series, [])
+        if sop not in instances:
+            instances.append(sop)
+        self.patients.setdefault(study, patient)
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -285,7 +313,7 @@ class FakeArchive:
             items = [
                 self.study_item(s)
                 for s in self.studies
-                if "StudyInstanceUID" not in params or params["StudyInstanceUID"] == s
+                if "StudyInstanceUID" not in params or s in params["StudyInstanceUID"].split(",")
             ]
             return httpx.Response(200, json=items, headers=headers)
         if path == "/dicom-web/series" and request.method == "GET":
@@ -294,17 +322,17 @@ class FakeArchive:
                 self.study_item(s) | {"0020000E": element("UI", se)}
                 for s, series in self.studies.items()
                 for se in series
-                if uid is None or uid == se
+                if uid is None or se in uid.split(",")
             ]
             return httpx.Response(200, json=items, headers=headers)
         if path == "/dicom-web/instances" and request.method == "GET":
             uid = params.get("SOPInstanceUID")
             items = [
-                self.study_item(s) | {"00080018": element("UI", i)}
+                self.study_item(s) | {"0020000E": element("UI", se), "00080018": element("UI", i)}
                 for s, series in self.studies.items()
-                for se in series.values()
-                for i in se
-                if uid is None or uid == i
+                for se, instances in series.items()
+                for i in instances
+                if uid is None or i in uid.split(",")
             ]
             return httpx.Response(200, json=items, headers=headers)
         if path.endswith("/metadata"):
@@ -314,9 +342,7 @@ class FakeArchive:
                 200, content=body, headers=headers | {"Content-Type": "application/dicom+json"}
             )
         if path.startswith("/dicom-web/studies") and request.method == "POST":
-            return httpx.Response(
-                200, json={"00081199": {"vr": "SQ", "Value": [{}]}}, headers=headers
-            )
+            return httpx.Response(200, json=self.stow(request), headers=headers)
         if path.startswith("/dicom-web/studies/") and request.method == "GET":
             boundary = "ARCHIVEBOUNDARY"
             body = (
@@ -335,14 +361,81 @@ class FakeArchive:
             )
         if path == "/tools/lookup":
             uid = request.content.decode()
-            if uid in self.studies:
-                return httpx.Response(200, json=[{"ID": "o-" + uid, "Type": "Study"}])
-            for series in self.studies.values():
-                if uid in series:
-                    return httpx.Response(200, json=[{"ID": "o-" + uid, "Type": "Series"}])
-            return httpx.Response(200, json=[])
+            hits = []
+            for study, series in self.studies.items():
+                if uid == study:
+                    hits.append({"ID": f"st|{study}", "Type": "Study"})
+                for se, instances in series.items():
+                    if uid == se:
+                        hits.append({"ID": f"se|{study}|{se}", "Type": "Series"})
+                    if uid in instances:
+                        hits.append({"ID": f"in|{study}|{se}|{uid}", "Type": "Instance"})
+            return httpx.Response(200, json=hits)
+        if request.method == "GET" and path.startswith(("/studies/st|", "/series/se|")):
+            kind, *ids = path.split("/")[2].split("|")
+            if kind == "st":
+                tags = {"StudyInstanceUID": ids[0]}
+                return httpx.Response(
+                    200,
+                    json={
+                        "MainDicomTags": tags,
+                        "PatientMainDicomTags": {"PatientID": self.patients.get(ids[0], "")},
+                    },
+                )
+            return httpx.Response(
+                200,
+                json={
+                    "MainDicomTags": {"SeriesInstanceUID": ids[1]},
+                    "ParentStudy": f"st|{ids[0]}",
+                },
+            )
+        if request.method == "GET" and path.startswith("/instances/in|"):
+            _, study, se, sop = path.split("/")[2].split("|")
+            return httpx.Response(
+                200,
+                json={"StudyInstanceUID": study, "SeriesInstanceUID": se, "SOPInstanceUID": sop},
+            )
+        if request.method == "DELETE" and "|" in path:
+            kind, *ids = path.split("/")[2].split("|")
+            self.deleted.append(path)
+            if kind == "st":
+                self.studies.pop(ids[0], None)
+            elif kind == "se":
+                self.studies.get(ids[0], {}).pop(ids[1], None)
+            else:
+                instances = self.studies.get(ids[0], {}).get(ids[1], [])
+                if ids[2] in instances:
+                    instances.remove(ids[2])
+            return httpx.Response(200, json={})
         if request.method == "DELETE":
             return httpx.Response(200, json={})
         if path == "/system":
             return httpx.Response(200, json={"Version": "1.10.1"}, headers=headers)
         return httpx.Response(404, text="Orthanc/1.10.1 unknown resource", headers=headers)
+
+
+class MemoryIdentities:
+    """The policy store's identity part (storage.Identities) in memory, for unit tests."""
+
+    def __init__(self) -> None:
+        self.claims: dict[tuple[str, str], Claim] = {}
+
+    async def studies(self, uids: Any) -> dict[str, StudyFacts]:
+        return {uid: StudyFacts(uid, known=False) for uid in uids}
+
+    async def claim(self, claims: Any) -> tuple[list[Claim], list[Claim]]:
+        wanted = list(claims)
+        conflicts = [
+            c
+            for c in wanted
+            if (c.level, c.uid) in self.claims and not c.agrees(self.claims[(c.level, c.uid)])
+        ]
+        if conflicts:
+            return conflicts, []
+        new = [c for c in wanted if (c.level, c.uid) not in self.claims]
+        self.claims.update({(c.level, c.uid): c for c in new})
+        return [], new
+
+    async def release(self, claims: Any) -> None:
+        for c in claims:
+            self.claims.pop((c.level, c.uid), None)

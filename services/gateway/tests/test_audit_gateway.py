@@ -16,7 +16,15 @@ from dicomweb_gateway.audit.schema import validate
 from dicomweb_gateway.audit.store import AuditStore, Filters
 from dicomweb_gateway.context import Action, RequestContext
 from dicomweb_gateway.errors import insufficient_scope
-from gateway_fakes import PE_PREAMBLE, PUBLIC_URL, FakeArchive, FakeIdp, dicom_file, make_settings
+from gateway_fakes import (
+    PE_PREAMBLE,
+    PUBLIC_URL,
+    FakeArchive,
+    FakeIdp,
+    MemoryIdentities,
+    dicom_file,
+    make_settings,
+)
 from joserfc.jwk import ECKey
 
 A, B = "1.2.826.0.1.1", "1.2.826.0.1.2"
@@ -35,6 +43,9 @@ class OnlyStudyA:
 
     async def permitted_studies(self, ctx: RequestContext, action: Action, uids: Any) -> set[str]:
         return {u for u in uids if u == A}
+
+    def __init__(self) -> None:
+        self.store = MemoryIdentities()
 
     async def on_stored(self, ctx: RequestContext, uids: Any) -> None:
         return None

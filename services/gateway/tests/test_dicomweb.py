@@ -17,6 +17,7 @@ from gateway_fakes import (
     PUBLIC_URL,
     FakeArchive,
     FakeIdp,
+    MemoryIdentities,
     dicom_file,
     make_settings,
     multipart,
@@ -32,6 +33,7 @@ class OnlyStudyA:
 
     def __init__(self) -> None:
         self.stored: list[str] = []
+        self.store = MemoryIdentities()
 
     async def check_action(self, ctx: RequestContext, action: Action) -> None:
         needed = {
@@ -521,7 +523,7 @@ async def test_delete_uses_rest_api(
     r = await client.delete(f"/dicom-web/studies/{A}/series/{A_SERIES}", headers=auth(idp))
     assert r.status_code == 204
     assert archive.requests[-1].method == "DELETE"
-    assert archive.requests[-1].url.path == f"/series/o-{A_SERIES}"
+    assert archive.requests[-1].url.path == f"/series/se|{A}|{A_SERIES}"
     r = await client.delete(f"/dicom-web/studies/{B}", headers=auth(idp))
     assert r.status_code in (403, 404)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from dicomweb_gateway.store import PolicyStore, UnknownStudy
+from dicomweb_gateway.store.db import Claim
 from sqlalchemy import create_engine, inspect
 
 pytestmark = pytest.mark.anyio
@@ -55,24 +56,48 @@ async def test_unknown_study_has_no_facts(store: PolicyStore) -> None:
     assert (facts.known, facts.labels, facts.patient_id) == (False, frozenset(), None)
 
 
-async def test_ingest_adds_labels_and_never_removes(store: PolicyStore) -> None:
+async def test_ingest_labels_a_study_once(store: PolicyStore) -> None:
+    """AP-7: ingest labels a study when it first appears; later instances change nothing."""
     first = await store.record_ingest("1.2.3", "ZT-P001", {"site:north"}, "stow")
     assert first.added == {"site:north"}
     again = await store.record_ingest("1.2.3", "ZT-P001", {"site:north"}, "change-feed")
     assert again.added == frozenset()
-    more = await store.record_ingest("1.2.3", "ZT-P001", {"vip"}, "change-feed")
-    assert more.after == {"site:north", "vip"}
+    more = await store.record_ingest("1.2.3", "ZT-P009", {"vip", "research:trial-42"}, "stow")
+    assert (more.added, more.after) == (frozenset(), {"site:north"})
     facts = await store.study("1.2.3")
     assert (facts.known, facts.labels, facts.patient_id) == (
         True,
-        frozenset({"site:north", "vip"}),
+        frozenset({"site:north"}),
         "ZT-P001",
     )
     history = await store.label_history("1.2.3")
-    assert [(h.via, h.added, h.removed) for h in history] == [
-        ("stow", "site:north", ""),
-        ("change-feed", "vip", ""),
+    assert [(h.via, h.added, h.removed) for h in history] == [("stow", "site:north", "")]
+
+
+async def test_uid_claims_refuse_another_study_or_patient(store: PolicyStore) -> None:
+    """AP-7: a UID known under one study (or a study under one patient) is refused elsewhere."""
+    first = [
+        Claim("study", "1.2.3", "1.2.3", patient_id="P1"),
+        Claim("series", "1.2.3.1", "1.2.3"),
+        Claim("instance", "1.2.3.1.1", "1.2.3", "1.2.3.1"),
     ]
+    conflicts, new = await store.claim(first)
+    assert (conflicts, new) == ([], first)
+    # The same claims again (a re-send) agree and add nothing.
+    assert await store.claim(first) == ([], [])
+    collisions = [
+        [Claim("series", "1.2.3.1", "9.9.9")],
+        [Claim("instance", "1.2.3.1.1", "9.9.9", "9.9.9.1")],
+        [Claim("instance", "1.2.3.1.1", "1.2.3", "1.2.3.2")],
+        [Claim("study", "1.2.3", "1.2.3", patient_id="P2")],
+    ]
+    for claims in collisions:
+        conflicts, new = await store.claim([Claim("series", "7.7.7", "7.7"), *claims])
+        assert conflicts == claims and new == []
+    # Nothing of a refused call was recorded.
+    assert await store.claims_of_study("7.7") == []
+    await store.release(first[2:])
+    assert {c.level for c in await store.claims_of_study("1.2.3")} == {"study", "series"}
 
 
 async def test_unlabelled_study_is_known(store: PolicyStore) -> None:

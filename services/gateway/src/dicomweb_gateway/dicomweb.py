@@ -30,10 +30,8 @@ from .parse import (
 )
 from .pipeline import authenticate, guarded, new_context
 from .rewrite import dump_json, filter_qido
+from .storage import store_parts
 from .stow import (
-    REFUSED_NOT_AUTHORIZED,
-    encode_multipart,
-    merge_response,
     parse_stow,
     payload_too_large,
     store_status,
@@ -284,63 +282,11 @@ async def store(request: Request, ctx: RequestContext, resource: Resource) -> Re
         zero_preamble=settings.limits.preamble_policy == "zero",
     )
     ctx.alerts.extend(stow.alerts)
-    # Per-study authorization for parts posted to /studies (a part may name any study).
-    verdicts: dict[str, GatewayError | None] = {}
-    for part in stow.accepted:
-        uid = part.study_instance_uid
-        assert uid is not None
-        if uid not in verdicts:
-            try:
-                await authorizer.check_study(ctx, Action.STORE, uid)
-                verdicts[uid] = None
-            except GatewayError as error:
-                verdicts[uid] = error
-        if verdicts[uid] is not None:
-            part.failure = REFUSED_NOT_AUTHORIZED
-            part.reason = f"not authorized for study {uid}"
-    for part in stow.parts:
-        if part.study_instance_uid:
-            ctx.add_study(
-                StudyRef(
-                    part.study_instance_uid,
-                    part.patient_id,
-                    (part.sop_class_uid,) if part.sop_class_uid else (),
-                )
-            )
-    refused = [p for p in stow.parts if p.failure is not None]
-    accepted = stow.accepted
-    if not accepted:
-        denial = next((e for e in verdicts.values() if e is not None), None)
-        if denial is not None and all(p.failure == REFUSED_NOT_AUTHORIZED for p in refused):
-            raise denial
-        ctx.error_detail = "; ".join(p.reason for p in refused)[:1000]
-        result = merge_response(None, refused)
-        return _json(result, 409)
-    ctx.forwarded = True
-    boundary = b"zt-gateway-stow-boundary-7f3c"
-    upstream = await archive.send(
-        "POST",
-        DICOMWEB_ROOT + resource.archive_path(),
-        headers={
-            "Accept": DICOM_JSON,
-            "Content-Type": 'multipart/related; type="application/dicom"; boundary='
-            + boundary.decode(),
-        },
-        content=encode_multipart(accepted, boundary),
-        stream=False,
+    result, denial = await store_parts(
+        archive, authorizer, ctx, stow.parts, resource.archive_path()
     )
-    if upstream.status_code >= 400 and upstream.status_code not in (409,):
-        raise archive_error(upstream.status_code, "store_instances")
-    try:
-        archive_result = upstream.json() if upstream.content else {}
-    except ValueError:
-        archive_result = {}
-    result = merge_response(archive_result if isinstance(archive_result, dict) else {}, refused)
-    stored = {p.study_instance_uid for p in accepted if p.study_instance_uid}
-    if stored:
-        await authorizer.on_stored(ctx, sorted(stored))
-    if refused:
-        ctx.error_detail = "; ".join(p.reason for p in refused)[:1000]
+    if denial is not None:
+        raise denial
     return _json(result, store_status(result))
 
 
@@ -376,10 +322,10 @@ async def delete(request: Request, ctx: RequestContext, resource: Resource) -> R
     await state.authorizer.check_action(ctx, Action.DELETE)
     owner = await owning_study(request, ctx, resource, Action.DELETE)
     ctx.forwarded = True
-    level = "series" if resource.series_instance_uid else "study"
-    uid = resource.series_instance_uid or resource.study_instance_uid
-    assert uid is not None
-    if not await archive.delete(level, uid):
-        raise not_found(f"{level} {uid} vanished before delete")
-    archive.forget(owner.study_instance_uid)
+    study = owner.study_instance_uid
+    series = resource.series_instance_uid
+    # Exactly the authorized resource: this study's series, never every series with that UID.
+    if not await archive.delete(study, series, owner.patient_id):
+        raise not_found(f"{series or study} vanished before delete")
+    archive.forget(study)
     return Response(status_code=204)

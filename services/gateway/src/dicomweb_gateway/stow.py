@@ -1,27 +1,27 @@
 """STOW-RS request validation (PS3.18 10.5) before anything reaches the archive.
 
-Every part is parsed with pydicom. Parts that are not DICOM, lack UIDs, name another study than
-the one in a study-specific URL, or carry an executable preamble (CVE-2019-11687) are refused
-one by one in the Failed SOP Sequence; the rest are stored. Parts sent on have a zero preamble.
+Every part is read strictly (part10.py). Parts that are not one unambiguous DICOM object, lack
+UIDs, name another study than the one in a study-specific URL, or carry an executable preamble
+(CVE-2019-11687) are refused one by one in the Failed SOP Sequence; the rest are stored (see
+storage.py). Parts sent on are canonical re-serializations with a zero preamble.
 """
 
 from __future__ import annotations
 
-import io
 import re
+import secrets
 from dataclasses import dataclass, field
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-
 from .errors import GatewayError, bad_request
-from .parse import is_uid
-from .preamble import PREAMBLE, executable_kind, has_file_header, zeroed
+from .part10 import Anomaly, read_instance
+from .preamble import PREAMBLE, executable_kind, has_file_header
 
 # PS3.18 table 10.5.3-2 / PS3.4 B.2.3 failure reasons.
 CANNOT_UNDERSTAND = 0xC000
 DATA_SET_DOES_NOT_MATCH = 0xA900  # used for a study UID other than the one in the URL
 REFUSED_NOT_AUTHORIZED = 0x0124  # PS3.7 C "Refused: Not Authorized"
+# A UID already known elsewhere in the hierarchy, or a PatientID other than the study's (AP-7).
+IDENTITY_CONFLICT = DATA_SET_DOES_NOT_MATCH
 PROCESSING_FAILURE = 0x0110
 
 _BOUNDARY = re.compile(r'boundary="?([^";,]{1,200})"?', re.IGNORECASE)
@@ -43,6 +43,7 @@ class Part:
     sop_class_uid: str | None = None
     sop_instance_uid: str | None = None
     study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
     patient_id: str | None = None
     failure: int | None = None
     reason: str = ""
@@ -116,6 +117,7 @@ def validate_part(
     zero: bool,
     alerts: list[tuple[str, str]],
 ) -> Part:
+    """Check one part; an accepted part carries the canonical re-serialization (part10.py)."""
     part = Part(data)
     content_type = headers.get("content-type", "application/dicom").split(";")[0].strip()
     if content_type.lower() != "application/dicom":
@@ -128,34 +130,22 @@ def validate_part(
         if not zero:
             _fail(part, CANNOT_UNDERSTAND, f"part {index}: {kind} preamble refused")
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError, AttributeError):
-        return _fail(part, CANNOT_UNDERSTAND, f"part {index}: not parseable DICOM")
-    part.sop_class_uid = _uid_of(ds, "SOPClassUID")
-    part.sop_instance_uid = _uid_of(ds, "SOPInstanceUID")
-    part.study_instance_uid = _uid_of(ds, "StudyInstanceUID")
-    patient_id = ds.get("PatientID")
-    part.patient_id = str(patient_id) if patient_id else None
+        instance = read_instance(data)
+    except Anomaly as exc:
+        alerts.append(("malformed-dicom", f"part {index}: {exc}"))
+        return _fail(part, CANNOT_UNDERSTAND, f"part {index}: {exc}")
+    part.sop_class_uid = instance.sop_class_uid
+    part.sop_instance_uid = instance.sop_instance_uid
+    part.study_instance_uid = instance.study_instance_uid
+    part.series_instance_uid = instance.series_instance_uid
+    part.patient_id = instance.patient_id
     if part.failure is not None:
         return part
-    series = _uid_of(ds, "SeriesInstanceUID")
-    if not (part.sop_class_uid and part.sop_instance_uid and part.study_instance_uid and series):
-        return _fail(part, CANNOT_UNDERSTAND, f"part {index}: missing or malformed UIDs")
-    meta_sop = str(ds.file_meta.get("MediaStorageSOPInstanceUID", part.sop_instance_uid))
-    if meta_sop != part.sop_instance_uid:
-        return _fail(part, CANNOT_UNDERSTAND, f"part {index}: file meta SOP UID differs")
     if study_in_url is not None and part.study_instance_uid != study_in_url:
         return _fail(part, DATA_SET_DOES_NOT_MATCH, f"part {index}: study UID differs from URL")
-    part.data = zeroed(data)
+    # What the archive gets: pydicom's re-serialization of what was parsed, zero preamble.
+    part.data = instance.canonical
     return part
-
-
-def _uid_of(ds: pydicom.Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    if value is None:
-        return None
-    text = str(value).strip("\0 ")
-    return text if is_uid(text) else None
 
 
 def parse_stow(
@@ -170,13 +160,23 @@ def parse_stow(
     return request
 
 
-def encode_multipart(parts: list[Part], boundary: bytes) -> bytes:
+def encode_multipart(parts: list[Part]) -> tuple[bytes, bytes]:
+    """(boundary, body) for the archive: a fresh random boundary that no part contains.
+
+    A fixed or guessable boundary lets a client put it inside a part's bytes, and the archive
+    then splits that part into parts nobody authorized (AP-7). 32 random bytes cannot be
+    guessed; the check below makes a collision impossible rather than improbable.
+    """
+    while True:
+        boundary = b"zt-" + secrets.token_hex(32).encode()
+        if not any(boundary in part.data for part in parts):
+            break
     out = bytearray()
     for part in parts:
         out += b"--" + boundary + b"\r\nContent-Type: application/dicom\r\n\r\n"
         out += part.data + b"\r\n"
     out += b"--" + boundary + b"--\r\n"
-    return bytes(out)
+    return boundary, bytes(out)
 
 
 def failed_sop_item(part: Part) -> dict[str, object]:

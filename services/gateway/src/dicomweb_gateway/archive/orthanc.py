@@ -19,7 +19,7 @@ import re
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -190,11 +190,7 @@ class OrthancArchive:
         if cached is not None and now - cached.at < _OWNER_TTL:
             self._owners.move_to_end(key)
             return cached.refs
-        resource, match = {
-            "study": ("studies", "StudyInstanceUID"),
-            "series": ("series", "SeriesInstanceUID"),
-            "instance": ("instances", "SOPInstanceUID"),
-        }[level]
+        resource, match = _LEVELS[level]
         query = f"{match}={uid}&includefield=0020000D&includefield=00100020"
         found = await self.json("GET", f"{DICOMWEB_ROOT}/{resource}", query) or []
         refs: dict[str, StudyRef] = {}
@@ -218,26 +214,113 @@ class OrthancArchive:
         ]:
             del self._owners[key]
 
+    # ------------------------------------------------------------------ UID identities (AP-7)
+
+    async def locate(self, level: str, uids: Iterable[str]) -> dict[str, set[Location]]:
+        """Where the archive holds each UID now: uid -> {(study, series, patient)}.
+
+        One QIDO per 50 UIDs (PS3.18 UID list matching), never cached: this is what a store is
+        checked against before anything is forwarded.
+        """
+        resource, match = _LEVELS[level]
+        out: dict[str, set[Location]] = {}
+        wanted = sorted(set(uids))
+        for start in range(0, len(wanted), 50):
+            chunk = wanted[start : start + 50]
+            query = (
+                f"{match}={','.join(chunk)}&includefield=0020000D&includefield=0020000E"
+                "&includefield=00100020"
+            )
+            for item in await self.json("GET", f"{DICOMWEB_ROOT}/{resource}", query) or []:
+                uid = _value(item, _TAG_OF[match])
+                study = _value(item, "0020000D")
+                if uid and study:
+                    out.setdefault(uid, set()).add(
+                        Location(study, _value(item, "0020000E"), _value(item, "00100020") or "")
+                    )
+        return out
+
     # ------------------------------------------------------------------ DELETE (REST API)
 
-    async def delete(self, level: str, uid: str) -> bool:
-        """Delete a study or series by UID through Orthanc's REST API; False when not found."""
+    async def delete(
+        self, study: str, series: str | None = None, patient_id: str | None = None
+    ) -> bool:
+        """Delete exactly one study, or one series of one study; False when not found.
+
+        Orthanc's `/tools/lookup` finds every resource with a UID, whatever study it sits in, so
+        each hit's place in the hierarchy is read back and only the one under the authorized
+        study (and, for a study, the known patient) is deleted (AP-7).
+        """
+        uid, wanted = (series, "Series") if series else (study, "Study")
         found = await self.json("POST", "/tools/lookup", content=uid.encode("ascii")) or []
-        wanted = {"study": "Study", "series": "Series"}[level]
-        ids = [item["ID"] for item in found if item.get("Type") == wanted]
-        if not ids:
-            return False
-        for orthanc_id in ids:
-            path = f"/{'studies' if level == 'study' else 'series'}/{orthanc_id}"
-            response = await self.send("DELETE", path, stream=False)
-            if response.status_code >= 400:
-                raise GatewayError(
-                    502,
-                    "archive_error",
-                    "upstream error",
-                    f"archive DELETE {path} -> {response.status_code}",
-                )
-        return True
+        targets: list[str] = []
+        for item in found:
+            if item.get("Type") != wanted:
+                continue
+            path = f"/{'series' if series else 'studies'}/{item['ID']}"
+            resource = await self.json("GET", path) or {}
+            if series:
+                parent = await self.json("GET", f"/studies/{resource.get('ParentStudy')}") or {}
+                if _tag(parent, "MainDicomTags", "StudyInstanceUID") == study:
+                    targets.append(path)
+            elif (
+                patient_id is None
+                or (_tag(resource, "PatientMainDicomTags", "PatientID") or "") == patient_id
+            ):
+                targets.append(path)
+        for path in targets:
+            await self._delete(path)
+        return bool(targets)
+
+    async def delete_instance(self, study: str, series: str, sop_instance_uid: str) -> bool:
+        """Delete one instance, only where it sits under this study and series."""
+        found = await self.json("POST", "/tools/lookup", content=sop_instance_uid.encode()) or []
+        deleted = False
+        for item in found:
+            if item.get("Type") != "Instance":
+                continue
+            tags = await self.json("GET", f"/instances/{item['ID']}/simplified-tags") or {}
+            if tags.get("StudyInstanceUID") == study and tags.get("SeriesInstanceUID") == series:
+                await self._delete(f"/instances/{item['ID']}")
+                deleted = True
+        return deleted
+
+    async def _delete(self, path: str) -> None:
+        response = await self.send("DELETE", path, stream=False)
+        if response.status_code >= 400:
+            raise GatewayError(
+                502,
+                "archive_error",
+                "upstream error",
+                f"archive DELETE {path} -> {response.status_code}",
+            )
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where an object sits in the archive's hierarchy."""
+
+    study_instance_uid: str
+    series_instance_uid: str | None
+    patient_id: str
+
+
+_LEVELS = {
+    "study": ("studies", "StudyInstanceUID"),
+    "series": ("series", "SeriesInstanceUID"),
+    "instance": ("instances", "SOPInstanceUID"),
+}
+_TAG_OF = {
+    "StudyInstanceUID": "0020000D",
+    "SeriesInstanceUID": "0020000E",
+    "SOPInstanceUID": "00080018",
+}
+
+
+def _tag(resource: Mapping[str, Any], group: str, keyword: str) -> str | None:
+    tags = resource.get(group)
+    value = tags.get(keyword) if isinstance(tags, dict) else None
+    return value if isinstance(value, str) else None
 
 
 _ANY_TYPE = re.compile(r'type="?\*/\*"?', re.IGNORECASE)

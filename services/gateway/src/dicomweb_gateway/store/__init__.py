@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from .db import LabelUpdate, PolicyStore, UnknownStudy
+from .db import Claim, LabelUpdate, PolicyStore, UnknownStudy
 from .feed import ArchiveSource, ChangeFeedPoller, OrthancSource, ingest
 from .ingest import IngestRules, load_ingest_rules, parse_ingest_rules
 
 __all__ = [
     "ArchiveSource",
     "ChangeFeedPoller",
+    "Claim",
     "IngestRules",
     "LabelUpdate",
     "OrthancSource",

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ..policy import StudyFacts
-from .models import BreakGlassGrant, FeedCursor, LabelChange, Study, StudyLabel
+from .models import BreakGlassGrant, FeedCursor, LabelChange, Study, StudyLabel, UidClaim
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _SQLITE_TIMEOUT_SECONDS = 15  # several gateway workers share one SQLite file
@@ -57,6 +57,24 @@ class LabelUpdate:
 
 class UnknownStudy(LookupError):
     pass
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One UID and where it belongs: (level, uid) -> study, series, patient (AP-7)."""
+
+    level: str  # study | series | instance
+    uid: str
+    study_instance_uid: str
+    series_instance_uid: str | None = None
+    patient_id: str | None = None
+
+    def agrees(self, other: Claim) -> bool:
+        if self.study_instance_uid != other.study_instance_uid:
+            return False
+        if self.level == "instance" and self.series_instance_uid != other.series_instance_uid:
+            return False
+        return not (self.level == "study" and (self.patient_id or "") != (other.patient_id or ""))
 
 
 class PolicyStore:
@@ -202,28 +220,29 @@ class PolicyStore:
     async def record_ingest(
         self, uid: str, patient_id: str | None, labels: Iterable[str], via: str
     ) -> LabelUpdate:
-        """Create the study if new and add the ingest labels (ingest never removes a label)."""
+        """Create the study with the ingest labels if it is new; never change a known study.
+
+        Ingest rules label a study once, when it first appears (AP-7): a later instance, whatever
+        it carries, cannot add a label to (or move) a study; only the admin API changes labels.
+        """
         labels = frozenset(labels)
         now = datetime.now(UTC)
         for attempt in range(3):
             try:
                 async with self._session.begin() as session:
                     study = await session.get(Study, uid)
-                    if study is None:
-                        study = Study(
-                            study_instance_uid=uid,
-                            patient_id=patient_id,
-                            source=via,
-                            created_at=now,
-                            labels=[],
-                        )
-                        session.add(study)
-                    elif study.patient_id is None and patient_id:
-                        study.patient_id = patient_id
-                    before = frozenset(lbl.label for lbl in study.labels)
-                    for label in sorted(labels - before):
-                        study.labels.append(StudyLabel(label=label))
-                    update = LabelUpdate(uid, before, before | labels)
+                    if study is not None:
+                        before = frozenset(lbl.label for lbl in study.labels)
+                        return LabelUpdate(uid, before, before)
+                    study = Study(
+                        study_instance_uid=uid,
+                        patient_id=patient_id,
+                        source=via,
+                        created_at=now,
+                        labels=[StudyLabel(label=label) for label in sorted(labels)],
+                    )
+                    session.add(study)
+                    update = LabelUpdate(uid, frozenset(), labels)
                     if update.added:
                         session.add(_history(update, via, via, "ingest rules", now))
                 return update
@@ -276,6 +295,71 @@ class PolicyStore:
             session.add(grant)
         return grant
 
+    async def claim(self, claims: Iterable[Claim]) -> tuple[list[Claim], list[Claim]]:
+        """Check and record where UIDs belong, atomically: (conflicting claims, new claims).
+
+        A UID already claimed under another study (or a study under another patient) is a
+        conflict and nothing of this call is recorded; otherwise every unknown UID is recorded
+        in the same transaction, so two concurrent stores of one UID into two studies cannot
+        both pass. `new` lists what this call added (to be released if the store fails).
+        """
+        wanted = {(c.level, c.uid): c for c in claims}
+        for attempt in range(3):
+            try:
+                async with self._session.begin() as session:
+                    existing: dict[tuple[str, str], Claim] = {}
+                    for level in ("study", "series", "instance"):
+                        uids = sorted(uid for lvl, uid in wanted if lvl == level)
+                        for chunk in _chunks(uids, 500):
+                            rows = await session.scalars(
+                                select(UidClaim).where(
+                                    UidClaim.level == level, UidClaim.uid.in_(chunk)
+                                )
+                            )
+                            for row in rows:
+                                existing[(row.level, row.uid)] = _claim_of(row)
+                    conflicts = [
+                        c for k, c in wanted.items() if k in existing and not c.agrees(existing[k])
+                    ]
+                    if conflicts:
+                        return conflicts, []
+                    new = [c for k, c in wanted.items() if k not in existing]
+                    session.add_all(
+                        UidClaim(
+                            level=c.level,
+                            uid=c.uid,
+                            study_instance_uid=c.study_instance_uid,
+                            series_instance_uid=c.series_instance_uid,
+                            patient_id=c.patient_id,
+                        )
+                        for c in new
+                    )
+                return [], new
+            except IntegrityError:
+                # Another worker claimed one of these UIDs at the same moment: check again.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def release(self, claims: Iterable[Claim]) -> None:
+        """Forget claims this gateway recorded for instances the archive did not keep."""
+        async with self._session.begin() as session:
+            for c in claims:
+                await session.execute(
+                    delete(UidClaim).where(
+                        UidClaim.level == c.level,
+                        UidClaim.uid == c.uid,
+                        UidClaim.study_instance_uid == c.study_instance_uid,
+                    )
+                )
+
+    async def claims_of_study(self, study_instance_uid: str) -> list[Claim]:
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(UidClaim).where(UidClaim.study_instance_uid == study_instance_uid)
+            )
+            return [_claim_of(row) for row in rows]
+
     async def cursor(self, name: str) -> int:
         async with self._session() as session:
             row = await session.get(FeedCursor, name)
@@ -301,6 +385,12 @@ def _history(
         added=" ".join(sorted(update.added)),
         removed=" ".join(sorted(update.removed)),
         reason=reason,
+    )
+
+
+def _claim_of(row: UidClaim) -> Claim:
+    return Claim(
+        row.level, row.uid, row.study_instance_uid, row.series_instance_uid, row.patient_id
     )
 
 

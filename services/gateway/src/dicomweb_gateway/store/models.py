@@ -95,3 +95,21 @@ class FeedCursor(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     last_seq: Mapped[int] = mapped_column(Integer)
+
+
+class UidClaim(Base):
+    """Which study (and patient, series) a UID belongs to, recorded before the archive stores it.
+
+    UIDs are identities (AP-7): once a Study, Series or SOP Instance UID is known here under one
+    study, it is never accepted under another. The row is written in the same transaction that
+    checks it, so two concurrent stores of one UID under two studies cannot both pass. It is also
+    the series/instance -> study map of the study index.
+    """
+
+    __tablename__ = "uid_claim"
+
+    level: Mapped[str] = mapped_column(String(8), primary_key=True)  # study | series | instance
+    uid: Mapped[str] = mapped_column(String(UID_LENGTH), primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), index=True)
+    series_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
+    patient_id: Mapped[str | None] = mapped_column(String(64))
