@@ -1,8 +1,9 @@
-"""Devices (CONTROLS.md DV-1): unknown DIMSE peers are refused by the archive.
+"""Devices (CONTROLS.md DV-1): unknown DIMSE peers are refused at the DICOM door.
 
-The archive (Orthanc) speaks DICOM only over TLS with a required client certificate, accepts
-only registered AE titles from their registered host, and never echoes or stores for anyone
-else (DicomAlwaysAllowEcho/Store false). pynetdicom is the peer.
+The only DICOM listener is the gateway's DIMSE front door (DV-4, tests/test_ingest_integrity.py):
+TLS with a required, pinned client certificate, only registered AE titles from their registered
+host, and the certificate must be the one registered for that AE title. pynetdicom is the peer;
+"stored" is asked of the archive itself.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ def _dimse(
 ) -> dict[str, Any]:
     args = {
         "calling": calling_aet,
-        "called": stack["archive"]["aet"],
-        "port": stack["archive"]["dicom_port"],
+        "called": stack["dimse"]["aet"],
+        "port": stack["dimse"]["port"],
         "ca": stack["ca_cert"],
         "cert": list(cert) if cert else None,
         "tls": tls,
@@ -97,7 +98,7 @@ def _dimse(
 
 
 def _device_cert(stack: dict[str, Any]) -> tuple[str, str]:
-    device = stack["archive"]["registered_aets"][REGISTERED]
+    device = stack["dimse"]["registered_aets"][REGISTERED]
     return device["cert"], device["key"]
 
 

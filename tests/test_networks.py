@@ -315,7 +315,7 @@ def test_archive_refuses_other_addresses(
 ) -> None:
     ns, host_ip, ns_ip = netns
     archive = stack["archive"]
-    device = archive["registered_aets"]["MODALITY_CT1"]
+    device = stack["dimse"]["registered_aets"]["MODALITY_CT1"]
     args = {
         "host": host_ip,
         "http": urlsplit(archive["http_url"]).port,

@@ -41,7 +41,9 @@ def test_lock_down(config: dict[str, object]) -> None:
         "RegisteredUsers": {"gateway": "secret"},
     }
     assert {k: config[k] for k in expected} == expected
-    assert list(config["DicomModalities"]) == ["MODALITY_CT1"]  # type: ignore[call-overload]
+    # DV-4: the archive takes no DICOM; devices send to the gateway's DIMSE front door.
+    assert config["DicomServerEnabled"] is False
+    assert config["DicomModalities"] == {}
     for cipher in config["SslCiphersAccepted"]:  # type: ignore[attr-defined]
         assert cipher.startswith("ECDHE-") and ("GCM" in cipher or "CHACHA20" in cipher)
 

@@ -120,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     p_redirect.add_argument("--port", type=int, required=True)
     p_redirect.add_argument("--target", required=True, help="e.g. https://localhost:8443")
     p_redirect.add_argument("--host", default="127.0.0.1")
+    p_dimse = sub.add_parser("dimse", help="serve the DIMSE front door (DICOM TLS)")
+    p_dimse.add_argument("--config", required=True, help="settings YAML file")
     args = parser.parse_args(argv)
+    if args.command == "dimse":
+        from .dimse import serve as serve_dimse
+
+        return serve_dimse(args.config)
     if args.command == "serve":
         return serve(args.config)
     if args.command == "check":

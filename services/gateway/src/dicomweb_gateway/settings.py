@@ -198,6 +198,38 @@ class Limits(_Section):
     preamble_policy: PreamblePolicy = PreamblePolicy.REJECT
 
 
+_AE_TITLE = r"^[ -~]{1,16}$"  # PS3.5 table 6.2-1 AE: 16 characters of the default repertoire
+
+
+class DimseDevice(_Section):
+    """A registered DICOM device: its AE title, address and pinned TLS client certificate."""
+
+    name: str = Field(min_length=1, max_length=64)
+    ae_title: str = Field(pattern=_AE_TITLE)
+    host: str = Field(min_length=1)
+    certificate: FilePath
+    client_id: str | None = None  # the policy's client (defaults to `name`)
+    scopes: list[str] = ["system/ImagingStudy.c"]
+
+
+class Dimse(_Section):
+    """The DIMSE front door (DV-4): the only DICOM listener; the archive gets STOW-RS."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 11112
+    ae_title: str = Field(default="ZTGATEWAY", pattern=_AE_TITLE)
+    devices: list[DimseDevice] = []
+    timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 60
+
+    @field_validator("devices")
+    @classmethod
+    def _unique(cls, value: list[DimseDevice]) -> list[DimseDevice]:
+        titles = [d.ae_title.strip() for d in value]
+        if len(set(titles)) != len(titles):
+            raise ValueError("two devices share an AE title")
+        return value
+
+
 class Viewer(_Section):
     dist_dir: Path | None = None
     config_template: Path | None = None
@@ -218,6 +250,7 @@ class Settings(_Section):
     audit: Audit
     limits: Limits = Limits()
     viewer: Viewer = Viewer()
+    dimse: Dimse | None = None
 
     @property
     def dicomweb_base(self) -> str:

@@ -23,6 +23,10 @@ POLICY_SOURCES = {
     "ingest-rules.yaml": REPO_ROOT / "config" / "ingest-rules.yaml",
 }
 PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+DOOR_AET = "ZTGATEWAY"
+# name -> AE title, host; each registered device has a pinned client certificate of that name
+# (pki.LEAVES) and sends to the DIMSE front door (DV-4).
+REGISTERED_DEVICES = {"modality-ct1": ("MODALITY_CT1", "127.0.0.1")}
 
 
 def check_installed() -> Path:
@@ -69,6 +73,7 @@ def render(
     port: int,
     issuer: str,
     archive_url: str,
+    dimse_port: int = 11112,
     name: str = "settings.yaml",
     overrides: dict[str, Any] | None = None,
 ) -> Path:
@@ -80,6 +85,20 @@ def render(
             "listen": {"host": "127.0.0.1", "port": port},
             "oidc": {"issuer": issuer},
             "archive": {"url": archive_url},
+            "dimse": {
+                "host": "127.0.0.1",
+                "port": dimse_port,
+                "ae_title": DOOR_AET,
+                "devices": [
+                    {
+                        "name": name,
+                        "ae_title": aet,
+                        "host": host,
+                        "certificate": str(run.pki / f"{name}.pem"),
+                    }
+                    for name, (aet, host) in REGISTERED_DEVICES.items()
+                ],
+            },
         },
     )
     viewer = settings.get("viewer") or {}
@@ -95,6 +114,10 @@ def render(
 
 def serve_command(python: Path, settings: Path) -> list[str]:
     return [str(python), "-m", "dicomweb_gateway", "serve", "--config", str(settings)]
+
+
+def dimse_command(python: Path, settings: Path) -> list[str]:
+    return [str(python), "-m", "dicomweb_gateway", "dimse", "--config", str(settings)]
 
 
 def redirect_command(python: Path, port: int, target: str) -> list[str]:

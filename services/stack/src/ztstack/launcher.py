@@ -7,6 +7,7 @@ next starts, and any failure tears down exactly what this `up` started.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +25,7 @@ from .ports import Ports, check_free, choose
 from .rundir import RunDir
 from .secretfiles import ensure_secret
 
-SERVICES = ["orthanc", "idp", "gateway", "gateway-http"]
+SERVICES = ["orthanc", "idp", "gateway", "gateway-http", "dimse"]
 
 
 def say(msg: str) -> None:
@@ -101,7 +102,13 @@ def build_services(
         )
     if "gateway" in only:
         python = gateway.check_installed()
-        settings = gateway.render(run, port=ports.gateway, issuer=issuer, archive_url=archive_url)
+        settings = gateway.render(
+            run,
+            port=ports.gateway,
+            issuer=issuer,
+            archive_url=archive_url,
+            dimse_port=ports.dimse,
+        )
         services.append(
             procs.Service(
                 "gateway",
@@ -116,7 +123,22 @@ def build_services(
                 lambda: _redirects(f"http://localhost:{ports.gateway_http}/"),
             )
         )
+        services.append(
+            procs.Service(
+                "dimse",
+                gateway.dimse_command(python, settings),
+                lambda: _listening(ports.dimse),
+            )
+        )
     return services
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
 
 
 def _redirects(url: str) -> bool:
@@ -134,7 +156,7 @@ def up(run: RunDir, stack: str, ports_mode: str, only: set[str] | None = None) -
         return 2
     started_at = time.monotonic()
     wanted = [s for s in SERVICES if only is None or s in only or
-              (s == "gateway-http" and "gateway" in only)]  # fmt: skip
+              (s in ("gateway-http", "dimse") and "gateway" in only)]  # fmt: skip
     run.create()
     already = running(run, SERVICES)
     if already and all(s in already for s in wanted):
@@ -184,6 +206,7 @@ def up(run: RunDir, stack: str, ports_mode: str, only: set[str] | None = None) -
 
 def print_summary(data: dict[str, Any]) -> None:
     users = data.get("users", {})
+    door = data.get("dimse") or {"host": "-", "port": "-", "aet": "-"}
     lines = [
         "",
         f"  Viewer (OHIF)   {data['viewer_url']}",
@@ -192,6 +215,8 @@ def print_summary(data: dict[str, Any]) -> None:
         f"  Identity (OIDC) {data['idp_issuer']}",
         f"  CA certificate  {data['ca_cert']}  (trust it in your browser or client)",
         f"  Archive         {data['archive']['http_url']} (gateway only: client cert + password)",
+        f"  DICOM (DIMSE)   {door['host']}:{door['port']} AE {door['aet']}"
+        " (TLS; registered devices only, through the gateway)",
         "",
         "  Demo users (generated for this run directory; also in stack.json). Add the TOTP",
         "  secret to any RFC 6238 authenticator app. Try north-clinician first.",

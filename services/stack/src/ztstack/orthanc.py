@@ -4,8 +4,9 @@ Orthanc has no bind-address option and listens on every interface, so the archiv
 what a peer must present, not by where it listens (NW-3, DV-1):
 - HTTPS only, TLS 1.2+ with ECDHE AEAD suites, a client certificate pinned to the gateway's
   (`gateway-client`), HTTP Basic credentials only the gateway holds, loopback only;
-- DICOM only over TLS with a required client certificate (gateway-client or a registered
-  device), only registered AE titles from their registered host, no promiscuous echo/store.
+- no DICOM at all: the DICOM server is off. Devices send to the gateway's DIMSE front door
+  (DV-4), which forwards what it authorized as STOW-RS; the TLS settings stay so that turning
+  the listener on again keeps it closed to anyone but the gateway's pinned certificate.
 Every option name below is checked against `Orthanc --config=x.json` of 1.10.1.
 """
 
@@ -33,9 +34,6 @@ TLS12_CIPHERS = [
 ]
 TLS12_ONLY_AND_UP = 4  # civetweb ssl_protocol_version 4 = TLS 1.2 and newer
 USERNAME = "gateway"
-
-# name -> AE title, host; each registered device has a pinned client certificate of that name.
-REGISTERED_DEVICES = {"modality-ct1": ("MODALITY_CT1", "127.0.0.1")}
 
 
 def check_installed() -> str:
@@ -92,30 +90,11 @@ def render(run: RunDir, pki: dict[str, Pair], password: str, http_port: int,
     http_trusted = d / "https-trusted-clients.pem"
     http_trusted.write_bytes(pki["gateway-client"].cert.read_bytes())
     dicom_trusted = d / "dicom-trusted-clients.pem"
-    dicom_trusted.write_bytes(
-        b"".join(pki[n].cert.read_bytes() for n in ("gateway-client", *REGISTERED_DEVICES))
-    )
+    dicom_trusted.write_bytes(pki["gateway-client"].cert.read_bytes())
     lua = d / "request-log.lua"
     template = (resources.files("ztstack") / "templates" / "request-log.lua").read_text("utf-8")
     lua.write_text(f"ZT_REQUEST_LOG = {json.dumps(str(d / 'requests.log'))}\n" + template)
 
-    modalities: dict[str, Any] = {}
-    for name, (aet, host) in REGISTERED_DEVICES.items():
-        modalities[aet] = {
-            "AET": aet,
-            "Host": host,
-            "Port": 104,  # Orthanc never calls out to the device; the port is not used
-            "AllowEcho": True,
-            "AllowStore": True,
-            "AllowFind": False,
-            "AllowFindWorklist": False,
-            "AllowGet": False,
-            "AllowMove": False,
-            "AllowStorageCommitment": False,
-            "AllowTranscoding": False,
-            "UseDicomTls": True,
-        }
-        del name
     config: dict[str, Any] = {
         "Name": AET,
         "StorageDirectory": str(d / "storage"),
@@ -136,7 +115,7 @@ def render(run: RunDir, pki: dict[str, Pair], password: str, http_port: int,
         "ExecuteLuaEnabled": False,
         "RestApiWriteToFileSystemEnabled": False,
         "WebDavEnabled": False,
-        "DicomServerEnabled": True,
+        "DicomServerEnabled": False,
         "DicomAet": AET,
         "DicomPort": dicom_port,
         "DicomCheckCalledAet": True,
@@ -152,7 +131,7 @@ def render(run: RunDir, pki: dict[str, Pair], password: str, http_port: int,
         "DicomTlsPrivateKey": str(pki["orthanc"].key),
         "DicomTlsTrustedCertificates": str(dicom_trusted),
         "DicomTlsRemoteCertificateRequired": True,
-        "DicomModalities": modalities,
+        "DicomModalities": {},
         "DicomModalitiesInDatabase": False,
         "OrthancPeersInDatabase": False,
         "Plugins": [str(DICOMWEB_PLUGIN)],

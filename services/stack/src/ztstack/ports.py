@@ -17,7 +17,8 @@ class Ports:
     gateway_http: int = 8080
     idp: int = 9443
     orthanc_http: int = 8042
-    orthanc_dicom: int = 4242
+    orthanc_dicom: int = 4242  # configured but closed: the archive takes no DICOM (DV-4)
+    dimse: int = 11112  # the gateway's DIMSE front door, the only DICOM listener
 
     def items(self) -> list[tuple[str, int]]:
         return list(asdict(self).items())
@@ -33,7 +34,7 @@ def free_port() -> int:
 def auto_ports() -> Ports:
     chosen: set[int] = set()
     values = []
-    for _ in range(5):
+    for _ in range(len(Ports().items())):
         p = free_port()
         while p in chosen:
             p = free_port()
@@ -44,9 +45,14 @@ def auto_ports() -> Ports:
 
 def choose(mode: str, saved: Path) -> Ports:
     """Reuse the ports of an earlier `up` in this run directory, so URLs stay stable."""
+    fresh = auto_ports() if mode == "auto" else Ports()
     if saved.exists():
-        return Ports(**json.loads(saved.read_text(encoding="utf-8")))
-    ports = auto_ports() if mode == "auto" else Ports()
+        known = json.loads(saved.read_text(encoding="utf-8"))
+        ports = Ports(**{**asdict(fresh), **known})  # a port added since keeps the new choice
+        if set(known) == set(asdict(ports)):
+            return ports
+    else:
+        ports = fresh
     saved.write_text(json.dumps(asdict(ports), indent=2) + "\n", encoding="utf-8")
     return ports
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import orthanc
+from . import gateway, orthanc
 from .pki import Pair
 from .ports import Ports
 from .rundir import RunDir
@@ -23,7 +23,7 @@ def build(
     gateway_url = f"https://localhost:{ports.gateway}"
     registered = {
         aet: {"cert": str(pki[name].cert), "key": str(pki[name].key)}
-        for name, (aet, _host) in orthanc.REGISTERED_DEVICES.items()
+        for name, (aet, _host) in gateway.REGISTERED_DEVICES.items()
     }
     return {
         "mode": "native",
@@ -45,6 +45,11 @@ def build(
             "gateway_client_key": str(pki["gateway-client"].key),
             "username": orthanc.USERNAME,
             "password_file": str(run.secrets / "archive-password"),
+        },
+        "dimse": {
+            "host": "localhost",
+            "port": ports.dimse,
+            "aet": gateway.DOOR_AET,
             "registered_aets": registered,
         },
         "clients": credentials.get("clients", {}),
