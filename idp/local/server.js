@@ -80,7 +80,7 @@ function main() {
     }),
   });
   const throttle = new TokenBuckets(bf.per_address || { burst: 10, refill_per_minute: 30 });
-  const gate = new Gate(bf.max_concurrent_password_checks || 8);
+  const gate = new Gate(bf.max_concurrent_password_checks || 16);
   const interactions = makeInteractions({
     provider, realm, store, accounts, lockout, throttle, gate, events, prefix, issuerOrigin: issuer.origin,
   });

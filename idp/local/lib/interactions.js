@@ -236,16 +236,18 @@ export function makeInteractions({
         return true;
       }
     }
-    // Steps that succeed, and answers that cost nothing, give the address its token back.
+    // Steps that succeed, and answers that cost nothing (expired, locked), give the token back.
     const spare = () => { if (req.method === 'POST') throttle.give(ip); };
     let details;
     try {
       details = await provider.interactionDetails(req, res);
     } catch {
+      spare();
       expired(res);
       return true;
     }
     if (details.uid !== uid) {
+      spare();
       expired(res);
       return true;
     }
@@ -299,8 +301,7 @@ export function makeInteractions({
         spare();
         return true;
       }
-      if (!gate.tryEnter()) {
-        spare(); // the server is busy, not the address's fault
+      if (!gate.tryEnter()) { // the server is busy: the attempt still costs its token
         send(res, 429, throttledPage({ assets }), { 'retry-after': '1' });
         return true;
       }
@@ -329,6 +330,7 @@ export function makeInteractions({
       otp: 'otp', webauthn: 'webauthn', 'enrol-webauthn': 'webauthn', 'enrol-code': 'webauthn', register: 'webauthn',
     };
     if (!st || st.step !== expected[action]) {
+      spare();
       expired(res);
       return true;
     }
