@@ -285,6 +285,11 @@ def test_an_existing_key_in_the_same_sign_in_may_bind_another(
     )
     register = browser.webauthn(confirm, seeded)
     assert register.status_code == 200 and '"excludeCredentials"' in register.text
+    # A key id the IdP already holds is never registered a second time (one owner per key).
+    clone = SoftKey(credential_id=seeded.credential_id)
+    register = browser.webauthn(register, clone)
+    assert register.status_code == 401 and GENERIC_ERROR in register.text
+    assert [c["id"] for c in _credentials(own_idp, user)] == before
     second = SoftKey()
     sign_in = browser.webauthn(register, second)
     claims = browser.claims(browser.webauthn(sign_in, second))

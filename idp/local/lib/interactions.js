@@ -422,8 +422,12 @@ export function makeInteractions({
             expectedRPID: rpID,
             requireUserVerification: true,
           });
+          const known = result.verified
+            && store.allCredentialIds().has(result.registrationInfo.credential.id);
           if (result.verified && !policy.admits(result.registrationInfo.aaguid)) {
             reason = 'aaguid_not_allowed';
+          } else if (known) {
+            reason = 'credential_already_registered'; // never two owners for one key
           } else if (result.verified) {
             const { credential, aaguid } = result.registrationInfo;
             registered = {

@@ -168,6 +168,10 @@ export class Store {
     return Object.hasOwn(this.realm.users, name) ? this.users[name] : undefined;
   }
 
+  allCredentialIds() {
+    return new Set(Object.values(this.users).flatMap((u) => (u.webauthn || []).map((c) => c.id)));
+  }
+
   save() {
     writeSecret(this.files.users, this.users);
   }
