@@ -394,7 +394,8 @@ def test_discovery_stays_fast_during_a_burst_of_anonymous_sign_ins(
     statuses = [r.status_code for r in answers]
     assert set(statuses) <= {401, 429}, statuses
     refused = [r for r in answers if r.status_code == 429]
-    assert 20 >= statuses.count(429) >= 18 and statuses.count(401) >= 10, statuses  # burst 10
+    # The bucket holds 10 (plus what refills, 1 per 2 s, while the burst runs).
+    assert 10 <= statuses.count(401) <= 15 and statuses.count(429) >= 15, statuses
     assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
     latencies.sort()
     p95 = latencies[max(0, int(len(latencies) * 0.95) - 1)]
