@@ -53,6 +53,27 @@ def tokens(stack: dict[str, Any]) -> Tokens:
     return Tokens(stack)
 
 
+def issue_enrolment_code(
+    stack: dict[str, Any], user: str, by: str = "test-admin"
+) -> dict[str, Any]:
+    """An administrator's one-time enrolment code for `user` (`idp/local/enrol-code.js`):
+    {"code", "id", "expires_at", "user"}; the IdP records the issue in its event log."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "idp" / "local" / "enrol-code.js"
+    done = subprocess.run(
+        ["node", str(script), "--run-dir", stack["run_dir"], "--user", user, "--by", by, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    issued: dict[str, Any] = json.loads(done.stdout)
+    return issued
+
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -82,11 +103,17 @@ def _spki_pin(cert_pem: bytes) -> str:
 
 
 def webauthn_login(
-    stack: dict[str, Any], user: str, scope: str, acr_values: str, *, enrol: bool = False
+    stack: dict[str, Any],
+    user: str,
+    scope: str,
+    acr_values: str,
+    *,
+    enrolment_code: str | None = None,
 ) -> Any:
     """Logs `user` in through the IdP's pages in Chromium with a CDP virtual authenticator
-    holding the user's pre-registered credential, or (`enrol=True`) an empty authenticator
-    that first registers a new key (password + TOTP); returns the viewer client's TokenSet."""
+    holding the user's pre-registered credential, or (with an administrator's one-time
+    `enrolment_code`, `node idp/local/enrol-code.js`) an empty authenticator that first
+    registers a new key; returns the viewer client's TokenSet."""
     import base64
     import secrets
     import ssl
@@ -162,7 +189,7 @@ def webauthn_login(
                     }
                 },
             )
-            if not enrol:
+            if enrolment_code is None:
                 raw_id = base64.urlsafe_b64decode(cred["credential_id"] + "==")
                 cdp.send(
                     "WebAuthn.addCredential",
@@ -183,13 +210,9 @@ def webauthn_login(
             page.fill('input[name="username"]', user)
             page.fill('input[name="password"]', creds["password"])
             page.click('button[type="submit"]')
-            if enrol:
-                from dicomweb_cli.login import next_totp
-
+            if enrolment_code is not None:
                 page.click("text=Register a new security key")
-                page.fill(
-                    'input[name="otp"]', next_totp(meta["issuer"], user, creds["totp_secret"])
-                )
+                page.fill('input[name="enrolment_code"]', enrolment_code)
                 page.click('button[type="submit"]')
             deadline = time.monotonic() + 30
             while not captured and time.monotonic() < deadline:

@@ -31,7 +31,7 @@ from dicomweb_cli import (
 from dicomweb_cli.login import AuthorizationResult, next_totp, redirect_uri_for
 from dicomweb_cli.stack import discovery, http_client
 
-from tests.identity_fixtures import webauthn_login
+from tests.identity_fixtures import issue_enrolment_code, webauthn_login
 
 pytestmark = pytest.mark.e2e
 
@@ -252,13 +252,18 @@ def test_step_up_asks_only_for_the_missing_factor(
         assert 'name="password"' in page.text
 
 
-@pytest.mark.control("ID-3")
+@pytest.mark.control("ID-10")
 @pytest.mark.browser
-def test_a_new_security_key_enrolled_with_totp_then_signs_in_at_the_phishing_resistant_level(
+def test_a_key_enrolled_with_an_admin_code_signs_in_at_the_phishing_resistant_level(
     stack: dict[str, Any],
 ) -> None:
+    issued = issue_enrolment_code(stack, "radiologist")
     token_set = webauthn_login(
-        stack, "radiologist", "openid user/ImagingStudy.rs", ACR_PHR, enrol=True
+        stack,
+        "radiologist",
+        "openid user/ImagingStudy.rs",
+        ACR_PHR,
+        enrolment_code=issued["code"],
     )
     assert token_set.claims["acr"] == ACR_PHR and token_set.claims["sub"] == "radiologist"
 

@@ -347,6 +347,7 @@ def _users(realm: dict[str, Any]) -> list[dict[str, Any]]:
 def generate(realm: dict[str, Any]) -> dict[str, Any]:
     t = realm["tokens"]
     bf = realm["brute_force"]
+    wa = realm.get("webauthn") or {}
     flows, configs = _flows(realm)
     return {
         "realm": realm["realm"],
@@ -375,6 +376,9 @@ def generate(realm: dict[str, Any]) -> dict[str, Any]:
         "otpPolicyLookAheadWindow": 1,
         "webAuthnPolicyUserVerificationRequirement": "required",
         "webAuthnPolicySignatureAlgorithms": ["ES256"],
+        # Attestation policy (ID-10): the same conveyance and AAGUID allow-list as idp/local.
+        "webAuthnPolicyAttestationConveyancePreference": wa.get("attestation", "none"),
+        "webAuthnPolicyAcceptableAaguids": list(wa.get("aaguid_allow_list") or []),
         "attributes": {
             "acr.loa.map": json.dumps({lv["acr"]: lv["loa"] for lv in realm["acr_levels"]}),
         },

@@ -1,6 +1,7 @@
 // Local OpenID provider for the native stack: `node idp/local/server.js <config.json>`.
 // config.json (written by the launcher): issuer, host, port, tls_cert, tls_key, ca_cert,
-// realm_file, resource, gateway_url, data_dir. Ready when
+// realm_file, resource, gateway_url, data_dir, optional events_log (default
+// <data_dir>/events.jsonl). Ready when
 // {issuer}/.well-known/openid-configuration answers 200.
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:https';
@@ -8,6 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { makeAccounts } from './lib/accounts.js';
+import { eventLogPath, makeEventLog } from './lib/events.js';
 import { makeInteractions } from './lib/interactions.js';
 import { Lockout } from './lib/lockout.js';
 import {
@@ -16,6 +18,7 @@ import {
 import { buildProvider } from './lib/provider.js';
 import { loadRealm } from './lib/realm.js';
 import { Store } from './lib/store.js';
+import { Gate, TokenBuckets } from './lib/throttle.js';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ASSETS = {
@@ -64,9 +67,22 @@ function main() {
   };
   const provider = buildProvider({ config, realm, store, accounts });
   provider.on('server_error', (ctx, err) => process.stderr.write(`server_error: ${err.stack}\n`));
-  const lockout = new Lockout(realm.brute_force);
+  // Security events (enrolment codes, registered keys, lockouts, throttling): JSON lines.
+  const events = makeEventLog(eventLogPath(config));
+  const bf = realm.brute_force;
+  const lockout = new Lockout(bf, {
+    onLock: (name, info) => events('lockout', {
+      user: name,
+      known_user: Boolean(store.user(name)),
+      failures: info.failures,
+      locked_until: new Date(info.until).toISOString(),
+      client_ip: info.client_ip,
+    }),
+  });
+  const throttle = new TokenBuckets(bf.per_address || { burst: 10, refill_per_minute: 30 });
+  const gate = new Gate(bf.max_concurrent_password_checks || 16);
   const interactions = makeInteractions({
-    provider, realm, store, accounts, lockout, prefix, issuerOrigin: issuer.origin,
+    provider, realm, store, accounts, lockout, throttle, gate, events, prefix, issuerOrigin: issuer.origin,
   });
   const oidc = provider.callback();
 

@@ -49,17 +49,32 @@ function scriptJson(value) {
 
 export function webauthnPage({
   assets, action, options, error = false, enrolAction = null,
+  title = 'Security key', text = 'Use your security key or passkey to finish signing in.',
 }) {
   // Options travel as inert JSON; the self-served script runs the ceremony and posts back.
-  return layout(assets, 'Security key', `
-<p>Use your security key or passkey to finish signing in.</p>${errorLine(error)}
+  return layout(assets, title, `
+<p>${esc(text)}</p>${errorLine(error)}
 <script type="application/json" id="webauthn-options">${scriptJson(options)}</script>
 <form method="post" action="${esc(action)}" id="webauthn-form">
 <input type="hidden" name="credential" id="credential">
 <button type="button" id="webauthn-start">Use security key</button></form>
-${enrolAction ? `<p><a href="${esc(enrolAction)}">Register a new security key</a> (asks for your one-time code)</p>` : ''}
+${enrolAction ? `<p><a href="${esc(enrolAction)}">Register a new security key</a></p>` : ''}
 <script src="${assets}/b64url.js"></script>
 <script src="${assets}/webauthn.js"></script>`);
+}
+
+// Binding a new key needs the level it will give (NIST SP 800-63B 6.1.2.1): a key the user
+// already has, in this sign-in, or a one-time enrolment code from an administrator.
+export function enrolPage({
+  assets, keyAction, codeAction, error = false,
+}) {
+  return layout(assets, 'Register a new security key', `
+<p>Adding a security key needs proof at the security-key level.</p>${errorLine(error)}
+<p><a href="${esc(keyAction)}">Confirm with a security key you already have</a></p>
+<form method="post" action="${esc(codeAction)}" autocomplete="off">
+<label>Enrolment code from your administrator
+<input name="enrolment_code" autocapitalize="characters" spellcheck="false" required autofocus></label>
+<button type="submit">Continue</button></form>`);
 }
 
 export function registerPage({ assets, action, options, error = false }) {
@@ -71,6 +86,10 @@ export function registerPage({ assets, action, options, error = false }) {
 <button type="button" id="webauthn-start">Register security key</button></form>
 <script src="${assets}/b64url.js"></script>
 <script src="${assets}/webauthn-register.js"></script>`);
+}
+
+export function throttledPage({ assets }) {
+  return layout(assets, 'Too many attempts', `<p>Too many sign-in attempts from your network. Wait a moment, then try again.</p>`);
 }
 
 export function messagePage({ assets, title, text }) {

@@ -106,3 +106,26 @@ export function effective(realm) {
     access_token_lifetime_seconds: realm.tokens.access_token_lifetime_seconds,
   };
 }
+
+// Attestation policy for new security keys (ID-10). `attestation` is what registration asks
+// the authenticator for (none: the demo default; direct/enterprise: a signed statement);
+// a non-empty `aaguid_allow_list` admits only those authenticator models at registration.
+const ATTESTATION = new Set(['none', 'direct', 'enterprise']);
+const AAGUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+export function webauthnPolicy(realm) {
+  const w = realm.webauthn || {};
+  const attestation = w.attestation || 'none';
+  if (!ATTESTATION.has(attestation)) throw new Error(`webauthn.attestation: ${attestation} is not none, direct or enterprise`);
+  const allow = (w.aaguid_allow_list || []).map((a) => String(a).toLowerCase());
+  for (const a of allow) if (!AAGUID.test(a)) throw new Error(`webauthn.aaguid_allow_list: ${a} is not an AAGUID`);
+  return {
+    attestation,
+    aaguidAllowList: allow,
+    // An empty list admits any authenticator; otherwise only listed models (never the all-zero
+    // AAGUID that attestation "none" may carry).
+    admits(aaguid) {
+      return allow.length === 0 || allow.includes(String(aaguid || '').toLowerCase());
+    },
+  };
+}

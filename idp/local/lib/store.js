@@ -2,16 +2,18 @@
 // never committed): signing keys, cookie keys, user password hashes, TOTP secrets, WebAuthn
 // credentials, client key pairs; and demo-credentials.json for the launcher and the tests.
 import {
-  generateKeyPairSync, randomBytes, randomUUID, scryptSync, timingSafeEqual,
+  generateKeyPairSync, randomBytes, randomUUID, scrypt, scryptSync, timingSafeEqual,
 } from 'node:crypto';
 import {
   existsSync, mkdirSync, readFileSync, renameSync, writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 
 import { newSecret } from './totp.js';
 
 const SCRYPT = { N: 2 ** 15, r: 8, p: 1, maxmem: 64 * 1024 * 1024 };
+const scryptAsync = promisify(scrypt);
 
 export function writeSecret(file, data) {
   const tmp = `${file}.${process.pid}.tmp`;
@@ -23,23 +25,26 @@ function readJson(file) {
   return JSON.parse(readFileSync(file, 'utf8'));
 }
 
+// Synchronous: used only while generating the realm's users at start-up (before listening).
 export function hashPassword(password) {
   const salt = randomBytes(16);
   const hash = scryptSync(password, salt, 32, SCRYPT);
   return `scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${salt.toString('base64')}$${hash.toString('base64')}`;
 }
 
-export function checkPassword(password, encoded) {
+// Sign-in: scrypt runs on libuv's thread pool, never on the event loop (ID-10), so discovery,
+// token and JWKS requests are answered while passwords are checked.
+export async function checkPassword(password, encoded) {
   const [kind, N, r, p, salt, hash] = String(encoded).split('$');
   if (kind !== 'scrypt') return false;
   const expected = Buffer.from(hash, 'base64');
-  const actual = scryptSync(String(password), Buffer.from(salt, 'base64'), expected.length, {
+  const actual = await scryptAsync(String(password), Buffer.from(salt, 'base64'), expected.length, {
     N: Number(N), r: Number(r), p: Number(p), maxmem: SCRYPT.maxmem,
   });
   return timingSafeEqual(actual, expected);
 }
 
-// A dummy hash so an unknown user costs the same time as a known one.
+// A dummy hash with the same parameters, so an unknown user costs the same work as a known one.
 export const DUMMY_HASH = hashPassword(randomBytes(16).toString('hex'));
 
 function newPassword() {
@@ -161,6 +166,10 @@ export class Store {
 
   user(name) {
     return Object.hasOwn(this.realm.users, name) ? this.users[name] : undefined;
+  }
+
+  allCredentialIds() {
+    return new Set(Object.values(this.users).flatMap((u) => (u.webauthn || []).map((c) => c.id)));
   }
 
   save() {

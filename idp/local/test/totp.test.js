@@ -1,8 +1,7 @@
-// node --test idp/local/test: RFC 6238 vectors, base32, lockout, realm facts.
+// node --test idp/local/test: RFC 6238 vectors, base32.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { Lockout } from '../lib/lockout.js';
 import * as totp from '../lib/totp.js';
 
 const SECRET = totp.base32Encode(Buffer.from('12345678901234567890')); // RFC 6238 appendix B
@@ -26,16 +25,4 @@ test('a code is accepted once per step, with one step of drift', () => {
   assert.equal(totp.verify(SECRET, '081804', { now: now + 30_000 }), step);
   assert.equal(totp.verify(SECRET, '081804', { now: now + 90_000 }), null);
   assert.equal(totp.verify(SECRET, '81804', { now }), null);
-});
-
-test('lockout after max failures, for known and unknown names alike', () => {
-  const l = new Lockout({ max_failures: 3, lockout_seconds: 60, failure_window_seconds: 600 });
-  const t0 = 1_000_000;
-  for (let i = 0; i < 2; i += 1) l.fail('Someone', t0);
-  assert.equal(l.lockedFor('someone', t0), 0);
-  l.fail('someone', t0);
-  assert.equal(l.lockedFor('SOMEONE', t0), 60);
-  assert.equal(l.lockedFor('someone', t0 + 61_000), 0);
-  l.succeed('someone');
-  assert.equal(l.lockedFor('someone', t0), 0);
 });
