@@ -313,10 +313,16 @@ def dimse(
     return result
 
 
-def device_records(audit: AuditStore, study: str) -> list[dict[str, Any]]:
-    return [
-        r for r in audit.search(Filters(study=study, limit=50)) if r["user_id"] == "modality-ct1"
-    ]
+def audit_mark(settings: dict[str, Any]) -> int:
+    """The newest audit record's sequence number: later searches read only what follows."""
+    db = settings["audit"]["database_url"].removeprefix("sqlite:///")
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT coalesce(max(seq), 0) FROM audit_record").fetchone()[0])
+
+
+def device_records(audit: AuditStore, study: str, mark: int) -> list[dict[str, Any]]:
+    rows = audit.search(Filters(study=study, after_seq=mark, limit=1000))
+    return [r for r in rows if r["user_id"] == "modality-ct1"]
 
 
 @pytest.mark.control("DV-4")
@@ -330,11 +336,12 @@ def test_c_store_through_the_door_is_stored_labelled_and_audited(
     ds = new_instance()
     file = tmp_path / "new.dcm"
     file.write_bytes(part10(ds))
+    mark = audit_mark(settings)
     out = dimse(stack, file)
     assert out == {"established": True, "status": 0}
     assert where_is(archive, ds.SOPInstanceUID) == {ds.StudyInstanceUID}
     assert labels(settings, ds.StudyInstanceUID) == {"site:north"}
-    rows = device_records(audit, ds.StudyInstanceUID)
+    rows = device_records(audit, ds.StudyInstanceUID, mark)
     assert [(r["event_id"], r["event_action"], r["outcome"]) for r in rows] == [("110104", "C", 0)]
 
 
@@ -342,6 +349,7 @@ def test_c_store_through_the_door_is_stored_labelled_and_audited(
 def test_c_store_into_a_legal_hold_study_is_refused_and_audited(
     stack: dict[str, Any],
     archive: httpx.Client,
+    settings: dict[str, Any],
     audit: AuditStore,
     tmp_path: Path,
 ) -> None:
@@ -350,17 +358,23 @@ def test_c_store_into_a_legal_hold_study_is_refused_and_audited(
     ds = new_instance(LEGAL_HOLD.study_instance_uid, LEGAL_HOLD.patient.patient_id)
     file = tmp_path / "lh.dcm"
     file.write_bytes(part10(ds))
+    mark = audit_mark(settings)
     out = dimse(stack, file)
     assert out["established"] and out["status"] == 0x0124, out
     assert held(archive, LEGAL_HOLD.study_instance_uid) == before
-    rows = device_records(audit, LEGAL_HOLD.study_instance_uid)
+    rows = device_records(audit, LEGAL_HOLD.study_instance_uid, mark)
     assert rows and rows[-1]["event_id"] == "110113" and rows[-1]["outcome"] == 4
 
 
 @pytest.mark.control("DV-4")
 def test_the_archive_takes_no_dicom_and_the_door_binds_certificate_to_ae(
-    stack: dict[str, Any], archive: httpx.Client, audit: AuditStore, tmp_path: Path
+    stack: dict[str, Any],
+    archive: httpx.Client,
+    settings: dict[str, Any],
+    audit: AuditStore,
+    tmp_path: Path,
 ) -> None:
+    mark = audit_mark(settings)
     ds = new_instance()
     file = tmp_path / "direct.dcm"
     file.write_bytes(part10(ds))
@@ -371,7 +385,7 @@ def test_the_archive_takes_no_dicom_and_the_door_binds_certificate_to_ae(
     spoofed = dimse(stack, file, calling="ZT_OTHER_AE")
     assert spoofed.get("status") != 0, spoofed
     assert where_is(archive, ds.SOPInstanceUID) == set()
-    refusals = audit.search(Filters(event_id="110113", limit=500))
+    refusals = audit.search(Filters(event_id="110113", after_seq=mark, limit=500))
     assert any("association rejected" in r["message"] for r in refusals)
 
 
