@@ -329,3 +329,169 @@ async def test_group_commit_failure_withholds_every_answer_in_it(
     assert all(isinstance(r, GatewayError) and r.status == 503 for r in results), results
     await auditor.close()
     store.dispose()
+
+
+# --- VA-7: every request leaves exactly one record, whatever its status; AP-3, AP-6 ----------
+
+
+@pytest.fixture
+async def edge(
+    tmp_path: Path, archive: FakeArchive, idp: FakeIdp
+) -> AsyncIterator[tuple[httpx.AsyncClient, AuditStore]]:
+    url = f"sqlite:///{tmp_path}/audit.db"
+    settings = make_settings(
+        tmp_path, audit={"database_url": url}, limits={"max_body_bytes": 10_000}
+    )
+    app = create_app(
+        settings, archive_transport=archive.transport(), idp_transport=idp.transport(),
+        authorizer=OnlyStudyA(),
+    )  # fmt: skip
+
+    async def boom(request: Any) -> Any:
+        raise RuntimeError("internal detail /srv/secret/path")
+
+    app.add_route("/boom", boom, methods=["GET"])
+    store = AuditStore(url)
+    async for client in _client(app):
+        yield client, store
+    store.dispose()
+
+
+def _chunks(size: int) -> Any:
+    async def gen() -> AsyncIterator[bytes]:
+        for _ in range(size // 1000):
+            yield b"x" * 1000
+
+    return gen()
+
+
+# (name, method, path, who, body, status, EventTypeCode of the one Security Alert)
+REFUSALS = [
+    ("path-guard-tools", "GET", "/tools/lookup", None, None, 404),
+    ("path-guard-patients", "GET", "/patients", "user", None, 404),
+    ("path-guard-case", "GET", "/DICOM-WEB/studies", "user", None, 404),
+    ("unknown-route", "GET", "/no/such/route", "user", None, 404),
+    ("unknown-dicomweb", "GET", "/dicom-web/nope", "user", None, 404),
+    ("method-audit", "DELETE", "/audit", "user", None, 405),
+    ("method-dicomweb", "PUT", "/dicom-web/studies", "user", None, 405),
+    ("malformed-qido-token", "GET", "/dicom-web/studies?NoSuchKey=1", "user", None, 400),
+    ("malformed-qido-anon", "GET", "/dicom-web/studies?PatientID=%ff", None, None, 400),
+    ("malformed-audit-filter", "GET", "/audit?limit=abc", "auditor", None, 400),
+    ("too-large-declared", "PATCH", f"/admin/studies/{A}/labels", "user", "big", 413),
+    ("too-large-chunked", "PATCH", f"/admin/studies/{A}/labels", "user", "chunked", 413),
+    ("too-large-anon", "PATCH", f"/admin/studies/{A}/labels", None, "big", 413),
+    ("unhandled", "GET", "/boom", None, None, 500),
+]  # fmt: skip
+
+
+@pytest.mark.anyio
+@pytest.mark.control("VA-7")
+@pytest.mark.parametrize(
+    ("name", "method", "path", "who", "body", "status"), REFUSALS, ids=[c[0] for c in REFUSALS]
+)
+async def test_every_refusal_leaves_exactly_one_record(
+    edge: tuple[httpx.AsyncClient, AuditStore],
+    idp: FakeIdp,
+    name: str,
+    method: str,
+    path: str,
+    who: str | None,
+    body: str | None,
+    status: int,
+) -> None:
+    client, store = edge
+    headers: dict[str, str] = {}
+    if who == "user":
+        headers = bearer(idp.token(sub="north-clinician", jti="jti-" + name))
+    elif who == "auditor":
+        headers = bearer(
+            idp.token(sub="auditor", realm_access={"roles": ["auditor"]}, acr="urn:zt:acr:mfa")
+        )
+    content: Any = None
+    if body == "big":
+        content = b'{"reason": "' + b"x" * 50_000 + b'"}'
+    elif body == "chunked":
+        content = _chunks(200_000)
+    before = store.last_seq()
+    response = await client.request(method, path, headers=headers, content=content)
+    assert response.status_code == status, response.text
+    # AP-6: the safe error, with the security headers, nothing internal.
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers["strict-transport-security"].startswith("max-age=")
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "Traceback" not in response.text and "/srv/secret" not in response.text
+    rows = store.search(Filters(after_seq=before))
+    assert [r["request_id"] for r in rows] == [response.headers["x-request-id"]]
+    [row] = rows
+    outcome = 8 if status >= 500 else 4
+    assert (row["event_id"], row["event_action"], row["outcome"], row["event_types"]) == (
+        "110113", "E", outcome, "110132",
+    )  # fmt: skip
+    assert validate(row["message"]) == []
+    message = ET.fromstring(row["message"])  # noqa: S314 - our own output
+    user = message.find("ActiveParticipant")
+    assert user is not None
+    expected_user = {"user": "north-clinician", "auditor": "auditor"}.get(who or "", "127.0.0.9")
+    assert user.get("UserID") == expected_user
+    assert row["user_id"] == (expected_user if who else None)
+    description = message.findtext("EventIdentification/EventOutcomeDescription") or ""
+    assert f"HTTP {status}" in description
+    assert store.verify() == [] and store.check_content() == []
+
+
+@pytest.mark.anyio
+@pytest.mark.control("VA-6")
+async def test_control_characters_in_a_path_leave_a_well_formed_record(
+    edge: tuple[httpx.AsyncClient, AuditStore],
+) -> None:
+    """Issue 11 finding 4: GET /admin/studies/1.2.3%01%1b used to store a raw control char."""
+    client, store = edge
+    before = store.last_seq()
+    response = await client.get("/admin/studies/1.2.3%01%1b%c3%28%7f")
+    assert response.status_code == 401
+    [row] = store.search(Filters(after_seq=before))
+    assert validate(row["message"]) == []
+    subject = ET.fromstring(row["message"]).find("ParticipantObjectIdentification")  # noqa: S314
+    assert subject is not None
+    assert subject.get("ParticipantObjectID", "").startswith("/admin/studies/1.2.3\\x01\\x1b")
+    assert store.verify() == [] and store.check_content() == []
+
+
+@pytest.mark.anyio
+@pytest.mark.control("VA-7")
+async def test_rate_limited_requests_are_recorded(
+    tmp_path: Path, archive: FakeArchive, idp: FakeIdp
+) -> None:
+    url = f"sqlite:///{tmp_path}/audit.db"
+    settings = make_settings(
+        tmp_path, audit={"database_url": url}, limits={"requests_per_minute": 2}
+    )
+    app = create_app(
+        settings, archive_transport=archive.transport(), idp_transport=idp.transport(),
+        authorizer=OnlyStudyA(),
+    )  # fmt: skip
+    store = AuditStore(url)
+    async for client in _client(app):
+        token = bearer(idp.token(sub="north-clinician"))
+        responses = [await client.get("/dicom-web/studies", headers=token) for _ in range(6)]
+    assert 429 in [r.status_code for r in responses]
+    rows = list(store.iter_all())
+    assert [r["request_id"] for r in rows] == [r.headers["x-request-id"] for r in responses]
+    limited = [row for row, r in zip(rows, responses, strict=True) if r.status_code == 429]
+    assert all(
+        (r["event_id"], r["event_types"], r["outcome"]) == ("110113", "110132", 4) for r in limited
+    )
+    store.dispose()
+
+
+@pytest.mark.anyio
+@pytest.mark.control("VA-7")
+async def test_admin_label_read_is_recorded(
+    edge: tuple[httpx.AsyncClient, AuditStore], idp: FakeIdp
+) -> None:
+    """An allowed admin read is recorded too (110103 R), not only its refusals."""
+    client, store = edge
+    before = store.last_seq()
+    response = await client.get(f"/admin/studies/{A}", headers=bearer(idp.token()))
+    rows = store.search(Filters(after_seq=before))
+    assert [r["request_id"] for r in rows] == [response.headers["x-request-id"]]

@@ -65,8 +65,9 @@ def store(db: Path) -> AuditStore:
 def tamper(db: Path, *statements: str) -> None:
     """What an attacker with write access to the file can do (the triggers go first)."""
     conn = sqlite3.connect(db)
-    conn.execute("DROP TRIGGER IF EXISTS audit_record_no_update")
-    conn.execute("DROP TRIGGER IF EXISTS audit_record_no_delete")
+    for table in ("audit_record", "audit_object"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {table}_no_update")
+        conn.execute(f"DROP TRIGGER IF EXISTS {table}_no_delete")
     for statement in statements:
         conn.execute(statement)
     conn.commit()
@@ -235,3 +236,137 @@ def test_sqlalchemy_error_is_wrapped(store: AuditStore, db: Path) -> None:
     with pytest.raises(AuditStoreError):
         store.append([message(9)])
     assert not isinstance(AuditStoreError("x"), SQLAlchemyError)
+
+
+# --- VA-7: searches by patient or study use an exact relation --------------------------------
+
+
+@pytest.mark.control("VA-7")
+def test_patient_and_study_search_is_exact(tmp_path: Path) -> None:
+    """A PatientID holding the separator of the old index ("RT-X|ZT-P004") is not ZT-P004."""
+    s = AuditStore(f"sqlite:///{tmp_path}/audit.db")
+    tricky = AuditMessage(QUERY, "E", 0, T0, query_xml(1), "mallory", ("RT-X|ZT-P004",), ("1.2|3",))
+    vip = AuditMessage(QUERY, "E", 0, T0, query_xml(2), "er", ("ZT-P004",), ("3",))
+    like = AuditMessage(QUERY, "E", 0, T0, query_xml(3), "x", ("ZT-P00%",), ("1.2_3",))
+    s.append([tricky, vip, like])
+    assert [r["seq"] for r in s.search(Filters(patient="ZT-P004"))] == [2]
+    assert [r["seq"] for r in s.search(Filters(patient="RT-X|ZT-P004"))] == [1]
+    assert [r["seq"] for r in s.search(Filters(patient="RT-X"))] == []
+    assert [r["seq"] for r in s.search(Filters(patient="ZT-P00%"))] == [3]
+    assert [r["seq"] for r in s.search(Filters(study="3"))] == [2]
+    assert [r["seq"] for r in s.search(Filters(study="1.2|3"))] == [1]
+    assert [r["seq"] for r in s.search(Filters(study="1.2.3"))] == []
+    assert s.verify() == []
+    s.dispose()
+
+
+@pytest.mark.control("VA-7")
+def test_a_version_1_store_gets_its_relation_filled(tmp_path: Path) -> None:
+    """A store written before the relation existed ("|a|b|" columns) is searchable exactly."""
+    db = tmp_path / "audit.db"
+    s = AuditStore(f"sqlite:///{db}")
+    s.append([message(1, patient="P1"), message(2, patient="P2")])
+    s.dispose()
+    tamper(
+        db,
+        "DROP TABLE audit_object",
+        "DROP TABLE audit_schema",
+        "UPDATE audit_record SET patients = '|P1|', studies = '|1.2.1|' WHERE seq = 1",
+        "UPDATE audit_record SET patients = '|P2|', studies = '|1.2.2|' WHERE seq = 2",
+    )
+    from dicomweb_gateway.audit.store import record_hash
+
+    # Re-chain as the old version would have written it (hashes over the old columns).
+    conn = sqlite3.connect(db)
+    prev = "0" * 64
+    for seq in (1, 2):
+        cur = conn.execute("SELECT * FROM audit_record WHERE seq = ?", (seq,))
+        names = [d[0] for d in cur.description]
+        row = dict(zip(names, cur.fetchone(), strict=True))
+        digest = record_hash(prev, row)
+        conn.execute(
+            "UPDATE audit_record SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, seq)
+        )
+        prev = digest
+    conn.execute("UPDATE audit_head SET hash = ?", (prev,))
+    conn.commit()
+    conn.close()
+    s = AuditStore(f"sqlite:///{db}")
+    assert [r["seq"] for r in s.search(Filters(patient="P2"))] == [2]
+    assert [r["seq"] for r in s.search(Filters(study="1.2.1"))] == [1]
+    s.append([message(3, patient="P2")])
+    assert [r["seq"] for r in s.search(Filters(patient="P2"))] == [2, 3]
+    assert s.verify() == []
+    s.dispose()
+
+
+@pytest.mark.control("VA-7")
+def test_a_tampered_relation_is_named(store: AuditStore, db: Path) -> None:
+    tamper(db, "UPDATE audit_object SET object_id = 'ZT-P004' WHERE seq = 2 AND kind = 'patient'")
+    assert store.verify() == [
+        "record 2 relation altered (its patient/study rows do not match the record)"
+    ]
+
+
+# --- VA-6: tamper evidence and content findings are separate ---------------------------------
+
+
+def _chained_malformed(s: AuditStore) -> None:
+    """A record whose message is not XML, written through the store (so its chain is intact)."""
+    bad = AuditMessage(QUERY, "E", 0, T0, "<AuditMessage>\x01", "eve", ("P9",), ())
+    s.append([bad], "req-bad")
+
+
+@pytest.mark.control("VA-6")
+def test_verify_separates_tampering_from_malformed_records(
+    store: AuditStore, db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{db}"
+    _chained_malformed(store)  # record 7
+    assert store.verify() == []  # the chain does not look at content
+    assert [p.split(":")[0] for p in store.check_content()] == ["record 7 malformed"]
+    assert cli(["verify", "--database-url", url]) == 3
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("OK 7 records, chain intact")
+    assert out[1].startswith("CONTENT record 7 malformed: not well-formed XML")
+    # Tampering with another record is still named, and changes the verdict.
+    tamper(db, "UPDATE audit_record SET user_id = 'mallory' WHERE seq = 2")
+    assert cli(["verify", "--database-url", url]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "FAIL record 2 altered (its content does not match its hash)"
+    assert any(line.startswith("CONTENT record 7 malformed") for line in out)
+    assert not any("record 2" in line for line in out if line.startswith("CONTENT"))
+
+
+@pytest.mark.control("VA-6")
+@pytest.mark.parametrize(
+    ("statements", "named"),
+    [
+        (
+            ["UPDATE audit_record SET message = CAST(x'3cff00' AS TEXT) WHERE seq = 3"],
+            "record 3 altered",
+        ),
+        (["DELETE FROM audit_record WHERE seq = 3"], "record 3 deleted"),
+        (
+            [
+                "UPDATE audit_record SET seq = -1 WHERE seq = 2",
+                "UPDATE audit_record SET seq = 2 WHERE seq = 3",
+                "UPDATE audit_record SET seq = 3 WHERE seq = -1",
+            ],
+            "record 2 reordered",
+        ),
+    ],
+    ids=["altered-to-invalid-utf8", "deleted", "reordered"],
+)
+def test_tampering_is_named_next_to_a_malformed_record(
+    store: AuditStore,
+    db: Path,
+    capsys: pytest.CaptureFixture[str],
+    statements: list[str],
+    named: str,
+) -> None:
+    _chained_malformed(store)
+    tamper(db, *statements)
+    assert cli(["verify", "--database-url", f"sqlite:///{db}"]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL {named}" in out, out

@@ -412,10 +412,11 @@ async def test_stow_limits(client: httpx.AsyncClient, idp: FakeIdp, archive: Fak
         "/dicom-web/studies", headers=auth(idp) | {"Content-Type": ctype}, content=body
     )
     assert r.status_code == 413
+    small_type, small = multipart([dicom_file(study=A)])
     r = await client.post(
         "/dicom-web/studies",
-        content=body,
-        headers=auth(idp) | {"Content-Type": ctype, "Content-Encoding": "gzip"},
+        content=small,  # the size cap comes first (before authentication), so a small body
+        headers=auth(idp) | {"Content-Type": small_type, "Content-Encoding": "gzip"},
     )
     assert r.status_code == 415
     r = await client.post(

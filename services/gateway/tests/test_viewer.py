@@ -168,6 +168,9 @@ def test_wasm_and_js_media_types(client: ViewerClient) -> None:
         "/../outside.txt",
         "/%2e%2e/outside.txt",
         "/assets/..%2f..%2foutside.txt",
+        "/" + "a" * 300 + ".js",  # longer than a file name may be: OSError inside (AP-6)
+        "/assets/" + "b" * 5000 + ".png",
+        "/a%00.js",  # NUL: ValueError inside
     ],
 )
 def test_excluded_missing_and_traversal_are_404(client: ViewerClient, path: str) -> None:

@@ -85,6 +85,7 @@ async def _read_study(
     authorizer = _authorizer(request)
     await authorizer.check_study(ctx, Action.ADMIN, study_instance_uid)
     facts = await authorizer.store.study(study_instance_uid)
+    ctx.add_study(StudyRef(study_instance_uid, facts.patient_id))  # the 110103 record names it
     history = await authorizer.store.label_history(study_instance_uid)
     return {
         "study_instance_uid": study_instance_uid,

@@ -26,8 +26,9 @@ from .archive.orthanc import OrthancArchive
 from .audit import Auditor
 from .authenticate import Authenticator
 from .authorize import Authorizer
+from .edge import AuditEveryRequest, BodyLimit, SafeErrors
 from .errors import GatewayError, not_found
-from .http import PathGuard, SecurityHeaders, error_response
+from .http import PathGuard, SecurityHeaders, error_response, note_refusal
 from .observe import REGISTRY
 from .parse import method_not_allowed
 from .ratelimit import RateLimiter
@@ -108,27 +109,44 @@ def create_app(
     _install_service_routes(app, settings)
     dicomweb.install(app)
     _install_optional_routers(app, settings)
+    # Outermost last (edge.py): headers on everything, the safe 500, one audit record per
+    # request, the body cap before any route or authentication reads, then the path guard.
     app.add_middleware(PathGuard)
-    app.add_middleware(SecurityHeaders)  # outermost: also covers PathGuard's 404
+    app.add_middleware(
+        BodyLimit,
+        default_cap=settings.limits.max_body_bytes,
+        stow_cap=settings.limits.stow_max_bytes,
+    )
+    app.add_middleware(AuditEveryRequest)
+    app.add_middleware(SafeErrors)
+    app.add_middleware(SecurityHeaders)
     return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    # Answers given outside the pipeline: each is noted for the audit middleware, which
+    # records it (VA-7).
+    def refused(request: Request, error: GatewayError) -> Response:
+        note_refusal(request.scope, error.code, error.detail or error.public)
+        return error_response(error)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 405:
-            return error_response(method_not_allowed("GET"))
+            return refused(request, method_not_allowed("GET"))
         if exc.status_code == 404:
-            return error_response(not_found())
-        return error_response(GatewayError(exc.status_code, "error", "request refused"))
+            return refused(request, not_found("no such route"))
+        return refused(request, GatewayError(exc.status_code, "error", "request refused"))
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
-        return error_response(exc)
+        return refused(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(GatewayError(400, "invalid_request", "malformed request"))
+        where = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in exc.errors())
+        detail = f"invalid parameters: {where}"[:500]
+        return refused(request, GatewayError(400, "invalid_request", "malformed request", detail))
 
 
 def _install_service_routes(app: FastAPI, settings: Settings) -> None:

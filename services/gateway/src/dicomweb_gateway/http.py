@@ -8,7 +8,7 @@ get `no-store` and a CSP that forbids framing (the viewer sets its own CSP).
 from __future__ import annotations
 
 import json
-import logging
+from dataclasses import dataclass
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,6 +29,31 @@ _API_DEFAULTS: list[tuple[bytes, bytes]] = [
     (b"x-frame-options", b"DENY"),
 ]
 _NEVER = frozenset({b"server", b"x-powered-by"})
+
+
+SCOPE_KEY = "zt.audit"
+
+
+@dataclass
+class AuditMark:
+    """Per-request note in the ASGI scope: recorded yet, and why a refusal happened."""
+
+    audited: bool = False
+    code: str | None = None
+    detail: str | None = None
+    request_id: str | None = None  # of the record written by the audit middleware
+
+
+def audit_mark(scope: Scope) -> AuditMark | None:
+    mark = scope.get(SCOPE_KEY)
+    return mark if isinstance(mark, AuditMark) else None
+
+
+def note_refusal(scope: Scope, code: str, detail: str) -> None:
+    """Tell the audit why a request that no pipeline recorded was refused."""
+    mark = audit_mark(scope)
+    if mark is not None and mark.code is None:
+        mark.code, mark.detail = code, detail
 
 
 def error_response(error: GatewayError, request_id: str | None = None) -> Response:
@@ -132,7 +157,8 @@ class PathGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and irregular_path(scope.get("path", "/")):
-            await _audit_refusal(scope)
+            # Recorded like any other refusal by the audit middleware around this one (VA-7).
+            note_refusal(scope, "not_found", "archive-native or irregular path")
             await send(
                 {
                     "type": "http.response.start",
@@ -146,30 +172,3 @@ class PathGuard:
             await send({"type": "http.response.body", "body": _NOT_FOUND})
             return
         await self.app(scope, receive, send)
-
-
-async def _audit_refusal(scope: Scope) -> None:
-    """Probing an archive-native or irregular path is recorded like any other refusal."""
-    import uuid
-
-    from .context import RequestContext
-
-    app = scope.get("app")
-    auditor = getattr(getattr(app, "state", None), "auditor", None)
-    if auditor is None:
-        return
-    client = scope.get("client")
-    ctx = RequestContext(
-        request_id=uuid.uuid4().hex,
-        method=scope.get("method", ""),
-        path=scope.get("path", ""),
-        client_ip=client[0] if client else "",
-        query=scope.get("query_string", b"").decode("latin-1"),
-        status=404,
-        error_code="not_found",
-        error_detail="archive-native or irregular path",
-    )
-    try:
-        await auditor.record(ctx)
-    except Exception:  # audit is a notification; the 404 stands
-        logging.getLogger("dicomweb_gateway").exception("audit record failed")

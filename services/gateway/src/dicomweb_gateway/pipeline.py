@@ -18,12 +18,14 @@ from starlette.responses import Response
 
 from .context import Action, RequestContext
 from .errors import GatewayError
-from .http import error_response
+from .http import audit_mark, error_response
 from .observe import log_request
 
 log = logging.getLogger("dicomweb_gateway")
 
 Handler = Callable[[RequestContext], Awaitable[Response]]
+
+AUTH_TRIED = "authentication_tried"  # ctx.extra key: credentials were checked (or refused)
 
 
 def new_context(request: Request, transaction: str | None, action: Action | None) -> RequestContext:
@@ -47,6 +49,7 @@ def public_url(request: Request) -> str:
 
 async def authenticate(request: Request, ctx: RequestContext) -> None:
     state = request.app.state
+    ctx.extra[AUTH_TRIED] = True
     try:
         ctx.principal = await state.authenticator.authenticate(
             request.headers, request.method, public_url(request), request.url.query
@@ -91,6 +94,15 @@ async def guarded(
             GatewayError(500, "internal_error", "internal error"), ctx.request_id
         )
     response.headers["x-request-id"] = ctx.request_id
+    mark = audit_mark(request.scope)
+    if mark is not None:
+        mark.audited = True  # this request's record is written here, with its full context
+    if ctx.principal is None and not ctx.extra.get(AUTH_TRIED) and ctx.status >= 400:
+        # Refused before authentication (a malformed query): the record still names the
+        # caller when valid credentials came with the request (VA-7).
+        from .edge import identify
+
+        ctx.principal = await identify(request.app, request.scope)
     try:
         await auditor.record(ctx)
     except GatewayError as error:

@@ -194,6 +194,8 @@ class Audit(_Section):
 class Limits(_Section):
     qido_max_limit: Annotated[int, Field(gt=0, le=100000)] = 1000
     stow_max_bytes: PositiveInt = 512 * 1024 * 1024
+    # Body cap of every other route (admin, audit, anything): enforced before authentication.
+    max_body_bytes: PositiveInt = 1024 * 1024
     requests_per_minute: PositiveInt = 3000
     preamble_policy: PreamblePolicy = PreamblePolicy.REJECT
 

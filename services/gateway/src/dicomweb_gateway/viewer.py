@@ -180,8 +180,12 @@ class ViewerSite:
             return None
         if root == self.dist_dir and parts[-1] in EXCLUDED_FILES and len(parts) == 1:
             return None
-        candidate = (root / Path(*parts)).resolve()
-        if not candidate.is_relative_to(root) or not candidate.is_file():
+        try:
+            candidate = (root / Path(*parts)).resolve()
+            if not candidate.is_relative_to(root) or not candidate.is_file():
+                return None
+        except (OSError, ValueError):
+            # A name the file system refuses (too long, NUL, ...) names no file: 404 (AP-6).
             return None
         cache = IMMUTABLE if _HASHED_NAME.search(candidate.name) else REVALIDATE
         media_type = mimetypes.guess_type(candidate.name)[0] or "application/octet-stream"

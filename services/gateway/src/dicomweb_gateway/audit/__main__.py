@@ -1,8 +1,11 @@
 """Audit store tools.
 
 python -m dicomweb_gateway.audit verify --database-url URL
-    Walk the hash chain and the message structure; exit 0 when intact, 1 with one line
-    per altered, deleted or reordered record otherwise, 2 when the store cannot be read.
+    Two separate kinds of findings, tamper evidence first:
+    - the chain (and the patient/study relation): `FAIL record N altered|deleted|reordered ...`;
+    - content: `CONTENT record N malformed: ...` (a message without the A.5.1 structure).
+    Exit 0: chain intact and every record well-formed; 1: tamper evidence (whatever the
+    content); 3: chain intact but some record malformed; 2: the store cannot be read.
 python -m dicomweb_gateway.audit export --database-url URL [--format jsonl|xml] [--output F]
     Write every record (oldest first) for an outside audit repository or an investigator.
 """
@@ -17,21 +20,30 @@ from typing import TextIO
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .schema import validate
 from .store import AuditStore, AuditStoreError
+
+EXIT_OK = 0
+EXIT_TAMPERED = 1
+EXIT_UNREADABLE = 2
+EXIT_MALFORMED = 3
 
 
 def _verify(store: AuditStore, out: TextIO) -> int:
-    problems = store.verify()
-    for row in store.iter_all():
-        problems.extend(f"record {row['seq']} malformed: {p}" for p in validate(row["message"]))
-    if problems:
-        for problem in problems:
+    # Tamper evidence is computed without looking at message content, and reported first, so
+    # a malformed record can neither hide tampering nor be taken for it.
+    tampering = store.verify()
+    content = store.check_content()
+    if tampering:
+        for problem in tampering:
             print(f"FAIL {problem}", file=out)
-        return 1
-    seq, digest = store.head()
-    print(f"OK {seq} records, chain intact, head {digest}", file=out)
-    return 0
+    else:
+        seq, digest = store.head()
+        print(f"OK {seq} records, chain intact, head {digest}", file=out)
+    for problem in content:
+        print(f"CONTENT {problem}", file=out)
+    if tampering:
+        return EXIT_TAMPERED
+    return EXIT_MALFORMED if content else EXIT_OK
 
 
 def _export(store: AuditStore, fmt: str, out: TextIO) -> int:
@@ -67,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(store, args.format, handle)
     except (AuditStoreError, SQLAlchemyError) as exc:
         print(f"ERROR cannot read the audit store: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_UNREADABLE
     finally:
         store.dispose()
 

@@ -11,7 +11,13 @@ Which messages a request yields (one place for the rule, see `messages_for`):
 - an allowed DICOMweb transaction: exactly one Query (110112), DICOM Instances Transferred
   (110104, action R for retrieval, C for store), DICOM Study Deleted (110105) or DICOM Instances
   Accessed (110103, action D, for a series deletion);
-- reading the audit log: Audit Log Used (110101).
+- reading the audit log: Audit Log Used (110101);
+- reading a study's labels through the admin API: DICOM Instances Accessed (110103, action R);
+- a request refused before its transaction was carried out (400, 404, 405, 406, 413, 415, 429
+  and any other 4xx except 409, nothing forwarded), or an error of a request that has no
+  transaction (unknown route, path guard, a 500 of the viewer): one Security Alert (110113),
+  EventTypeCode 110132 Use of Restricted Function, whose description names the status and
+  the error code (VA-7: every request leaves exactly one record, whatever its status).
 """
 
 from __future__ import annotations
@@ -19,12 +25,51 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from ..context import Action, Principal, RequestContext, StudyRef
+
+# --- XML 1.0 safety (VA-6) --------------------------------------------------------------------
+#
+# XML 1.0 (section 2.2, production [2] Char) allows only #x9 | #xA | #xD | [#x20-#xD7FF] |
+# [#xE000-#xFFFD] | [#x10000-#x10FFFF]; a character outside that set is an error even written as
+# a character reference, and ElementTree writes it out raw. Every value that reaches a message
+# (path, query, header-derived text, UIDs, names, token claims, error details) therefore passes
+# `xml_safe`, which replaces, besides the backslash itself:
+#   - every C0 control character (U+0000-U+001F, including TAB, LF and CR: a record stays one
+#     readable line per value), DEL (U+007F) and every C1 control (U+0080-U+009F) by `\xNN`;
+#   - lone surrogates (U+D800-U+DFFF, what undecodable bytes become) and the non-characters
+#     U+FFFE and U+FFFF by `\uNNNN`;
+#   - the backslash by `\\`, so the encoding is reversible and two different inputs never give
+#     the same text (an exact search for a value finds exactly that value).
+# Everything else is kept as it is; ElementTree then escapes & < > " as usual.
+_XML_UNSAFE = re.compile(r"[\\\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if char == "\\":
+        return "\\\\"
+    point = ord(char)
+    return f"\\x{point:02x}" if point < 0x100 else f"\\u{point:04x}"
+
+
+def xml_safe(text: str) -> str:
+    """`text` with every character XML 1.0 forbids (and the backslash) visibly escaped."""
+    return _XML_UNSAFE.sub(_escape_char, text)
+
+
+def _make_safe(root: ET.Element) -> None:
+    """Apply `xml_safe` to every attribute value and text of a message (the one place)."""
+    for node in root.iter():
+        if node.text:
+            node.text = xml_safe(node.text)
+        for name, value in list(node.attrib.items()):
+            node.set(name, xml_safe(value))
 
 
 @dataclass(frozen=True)
@@ -88,6 +133,11 @@ ALERT_TYPES: dict[str, Code] = {
     "step_up": USE_OF_RESTRICTED_FUNCTION,
     # a STOW part carried an executable preamble (CVE-2019-11687)
     "preamble": USE_OF_RESTRICTED_FUNCTION,
+    # refused before any transaction ran (malformed, unknown route, method, size, rate limit)
+    # or failed without one (VA-7)
+    "refused": USE_OF_RESTRICTED_FUNCTION,
+    "rate_limited": USE_OF_RESTRICTED_FUNCTION,
+    "error": USE_OF_RESTRICTED_FUNCTION,
     # kinds the admin API puts in ctx.alerts
     "emergency-override": EMERGENCY_OVERRIDE_STARTED,
     "object-security-attributes-changed": OBJECT_SECURITY_ATTRIBUTES_CHANGED,
@@ -183,8 +233,29 @@ def alert_kinds(ctx: RequestContext) -> list[tuple[str, str]]:
     return kinds
 
 
+def refusal_kind(ctx: RequestContext) -> tuple[str, str] | None:
+    """(kind, reason) when the request was refused before its transaction ran, or failed
+    without one; None when a transaction message (or nothing, for a success) describes it."""
+    status = ctx.status
+    if status is None or status < 400:
+        return None
+    reason = f"HTTP {status} {ctx.error_code or 'error'}"
+    if ctx.error_detail:
+        reason += f": {ctx.error_detail}"
+    if status == 429:
+        return ("rate_limited", reason)
+    if status < 500 and status != 409 and not ctx.forwarded:
+        return ("refused", reason)
+    if _transaction_event(ctx) is None:
+        return ("refused" if status < 500 else "error", reason)
+    return None
+
+
 def messages_for(ctx: RequestContext, who: Participants, now: datetime) -> list[AuditMessage]:
-    """Every audit message a finished request yields (see the module docstring)."""
+    """Every audit message a finished request yields (see the module docstring).
+
+    Any request with a status of 400 or more yields at least one message.
+    """
     messages: list[AuditMessage] = []
     kinds = alert_kinds(ctx)
     if kinds:
@@ -192,10 +263,30 @@ def messages_for(ctx: RequestContext, who: Participants, now: datetime) -> list[
     denied = ctx.status in (401, 403) or any(not d.allow for d in ctx.decisions)
     if denied:
         return messages
+    refusal = refusal_kind(ctx)
+    if refusal is not None:
+        # Refused before the transaction ran: the transaction did not happen, so no
+        # transaction message; one Security Alert unless a security event already gave one.
+        if not messages:
+            messages.append(security_alert(ctx, who, now, [refusal]))
+        return messages
     transaction = _transaction_message(ctx, who, now)
     if transaction is not None:
         messages.append(transaction)
     return messages
+
+
+def _transaction_event(ctx: RequestContext) -> Code | None:
+    """The EventID of the transaction message a request's action yields (None: no such)."""
+    events = {
+        Action.SEARCH: QUERY,
+        Action.READ: INSTANCES_TRANSFERRED,
+        Action.STORE: INSTANCES_TRANSFERRED,
+        Action.DELETE: STUDY_DELETED,
+        Action.AUDIT_READ: AUDIT_LOG_USED,
+        Action.ADMIN: INSTANCES_ACCESSED if ctx.method in ("GET", "HEAD") else None,
+    }
+    return events.get(ctx.action) if ctx.action is not None else None
 
 
 def _transaction_message(
@@ -213,6 +304,10 @@ def _transaction_message(
         return _message(ctx, who, now, STUDY_DELETED, "D", _study_objects(ctx))
     if ctx.action is Action.AUDIT_READ:
         return audit_log_used(ctx, who, now)
+    if _transaction_event(ctx) is INSTANCES_ACCESSED:
+        # Reading a study's labels and their history (admin API): the study's security
+        # attributes were accessed where they are kept.
+        return _message(ctx, who, now, INSTANCES_ACCESSED, "R", _study_objects(ctx))
     return None
 
 
@@ -328,6 +423,7 @@ def _message(
     ET.SubElement(source, "AuditSourceTypeCode", {"csd-code": "3"})  # web server process
     objects = [*objects, *_token_objects(ctx)]
     root.extend(objects)
+    _make_safe(root)
     ET.indent(root)
     return AuditMessage(
         event_id=event_id,
@@ -335,9 +431,9 @@ def _message(
         outcome=outcome,
         time=now,
         xml=ET.tostring(root, encoding="unicode", xml_declaration=False),
-        user=ctx.principal.subject if ctx.principal else None,
-        patients=_patients(ctx),
-        studies=tuple(s.study_instance_uid for s in ctx.studies),
+        user=xml_safe(ctx.principal.subject) if ctx.principal else None,
+        patients=tuple(xml_safe(p) for p in _patients(ctx)),
+        studies=tuple(xml_safe(s.study_instance_uid) for s in ctx.studies),
         event_types=tuple(t.code for t in event_types or ()),
     )
 
@@ -467,7 +563,8 @@ def _detail(parent: ET.Element, kind: str, value: str) -> None:
 
 
 def _b64(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+    """Base64 of the UTF-8 text; a lone surrogate (not encodable) becomes `\\udcxx` text."""
+    return base64.b64encode(text.encode("utf-8", "backslashreplace")).decode("ascii")
 
 
 def _is_ip(host: str) -> bool:

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from ..context import Action, Decision, Principal, RequestContext
 from ..errors import insufficient_scope, step_up
 from ..pipeline import guarded
-from .store import Filters
+from .store import Filters, split_ids
 
 if TYPE_CHECKING:
     from . import Auditor
@@ -96,8 +96,8 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
         "event_types": row["event_types"].split(),
         "outcome": row["outcome"],
         "user": row["user_id"],
-        "patients": [p for p in row["patients"].split("|") if p],
-        "studies": [s for s in row["studies"].split("|") if s],
+        "patients": split_ids(row["patients"]),
+        "studies": split_ids(row["studies"]),
         "request_id": row["request_id"],
         "hash": row["hash"],
         "prev_hash": row["prev_hash"],

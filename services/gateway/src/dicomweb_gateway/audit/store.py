@@ -11,6 +11,16 @@ the busy timeout), WAL journal with `synchronous=NORMAL` (a committed record sur
 the gateway; an OS crash or power loss may drop the last commits, never half of one: about 1 ms
 per request instead of 5 ms with FULL), and triggers refuse UPDATE and DELETE so the table is
 append-only even for careless SQL.
+
+Searches by patient or study use the relation `audit_object` (record seq, kind, exact id),
+filled in the same transaction as the record itself, never string matching (VA-7). The columns
+`patients` and `studies` hold JSON arrays (hashed with the record); the relation is derived from
+them, and `verify` checks that it still agrees. `audit_schema` holds the schema version: a store
+written by an earlier version gets the relation filled once, under the writer lock.
+
+`verify` reports tamper evidence (the chain and the relation); `check_content` reports records
+whose message does not have the A.5.1 structure. The two are separate so that a malformed
+record can never hide (or be mistaken for) tampering.
 """
 
 from __future__ import annotations
@@ -28,8 +38,10 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
+    Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -43,7 +55,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from .messages import AuditMessage, utc_timestamp
+from .messages import AuditMessage, utc_timestamp, xml_safe
+from .schema import validate
 
 GENESIS = "0" * 64  # prev_hash of the first record
 
@@ -59,13 +72,34 @@ audit_record = Table(
     Column("event_types", String(200), nullable=False, default=""),
     Column("outcome", Integer, nullable=False),
     Column("user_id", String(256), nullable=True, index=True),
-    Column("patients", Text, nullable=False, default=""),  # "|ZT-P001|ZT-P002|"
-    Column("studies", Text, nullable=False, default=""),  # "|1.2.3|"
+    # JSON arrays, e.g. ["ZT-P001"] ("" when none; "|a|b|" in stores of schema version 1)
+    Column("patients", Text, nullable=False, default=""),
+    Column("studies", Text, nullable=False, default=""),
     Column("request_id", String(64), nullable=False, default="", index=True),
     Column("message", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )
+
+# The exact relation record -> participant object, for searches by patient or study (VA-7).
+audit_object = Table(
+    "audit_object",
+    metadata,
+    Column("seq", Integer, nullable=False),
+    Column("record_hash", String(64), nullable=False),  # ties the row to the record's content
+    Column("kind", String(16), nullable=False),  # "patient" | "study"
+    Column("object_id", Text, nullable=False),
+    PrimaryKeyConstraint("seq", "kind", "object_id"),
+    Index("ix_audit_object_lookup", "kind", "object_id", "seq"),
+)
+
+audit_schema = Table(
+    "audit_schema",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("version", Integer, nullable=False),
+)
+SCHEMA_VERSION = 2  # 1: no audit_object relation, "|a|b|" columns; 2: relation, JSON columns
 
 audit_head = Table(
     "audit_head",
@@ -81,11 +115,11 @@ HASHED = (
     "patients", "studies", "request_id", "message",
 )  # fmt: skip
 
-_APPEND_ONLY = (
-    "CREATE TRIGGER IF NOT EXISTS audit_record_no_update BEFORE UPDATE ON audit_record "
-    "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_record_no_delete BEFORE DELETE ON audit_record "
-    "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END",
+_APPEND_ONLY = tuple(
+    f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
+    "BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END"
+    for table in ("audit_record", "audit_object")
+    for verb in ("UPDATE", "DELETE")
 )
 
 
@@ -97,11 +131,35 @@ def record_hash(prev_hash: str, row: dict[str, Any]) -> str:
     canonical = json.dumps(
         [prev_hash, *[row[name] for name in HASHED]], ensure_ascii=False, separators=(",", ":")
     )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    # surrogateescape: a tampered row holding bytes that are not UTF-8 (read back as escapes)
+    # still hashes, to a value that does not match: it is reported as altered, not unreadable.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _joined(values: Sequence[str]) -> str:
-    return "|" + "|".join(values) + "|" if values else ""
+    return json.dumps(list(values), ensure_ascii=False, separators=(",", ":")) if values else ""
+
+
+def split_ids(column: object) -> list[str]:
+    """The ids a `patients`/`studies` column holds (JSON array; "|a|b|" in version-1 rows)."""
+    if not isinstance(column, str) or not column:
+        return []
+    if column.startswith("["):
+        try:
+            values = json.loads(column)
+        except ValueError:
+            return []
+        return [str(v) for v in values] if isinstance(values, list) else []
+    return [v for v in column.split("|") if v]
+
+
+def _relation(row: dict[str, Any]) -> list[dict[str, Any]]:
+    pairs = {("patient", p) for p in split_ids(row["patients"])}
+    pairs |= {("study", s) for s in split_ids(row["studies"])}
+    return [
+        {"seq": row["seq"], "record_hash": row["hash"], "kind": kind, "object_id": oid}
+        for kind, oid in sorted(pairs)
+    ]
 
 
 @dataclass(frozen=True)
@@ -137,6 +195,9 @@ class AuditStore:
         def _connect(dbapi_connection: Any, _record: Any) -> None:
             # Let SQLAlchemy's "begin" event issue BEGIN, not the sqlite3 module.
             dbapi_connection.isolation_level = None
+            # Bytes that are not UTF-8 (only a tampered file has them) are read as escapes
+            # instead of failing the read: `verify` then names the record as altered.
+            dbapi_connection.text_factory = _lenient_text
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA busy_timeout = 30000")
             cursor.execute("PRAGMA journal_mode = WAL")
@@ -167,6 +228,7 @@ class AuditStore:
                     head = conn.execute(select(audit_head.c.id)).first()
                     if head is None:
                         conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
+                    _migrate(conn)
             except SQLAlchemyError as exc:
                 raise AuditStoreError(f"audit store unavailable: {exc.__class__.__name__}") from exc
             self._ready = True
@@ -212,6 +274,9 @@ class AuditStore:
                     values.append({"seq": seq, "prev_hash": prev, "hash": row_hash, **row})
                     prev = row_hash
                 conn.execute(insert(audit_record), values)
+                related = [pair for v in values for pair in _relation(v)]
+                if related:
+                    conn.execute(insert(audit_object), related)
                 conn.execute(
                     update(audit_head).where(audit_head.c.id == 1).values(seq=seq, hash=prev)
                 )
@@ -227,7 +292,7 @@ class AuditStore:
             "event_action": message.action,
             "event_types": " ".join(message.event_types),
             "outcome": message.outcome,
-            "user_id": message.user,
+            "user_id": None if message.user is None else xml_safe(message.user),
             "patients": _joined(message.patients),
             "studies": _joined(message.studies),
             "request_id": request_id,
@@ -245,11 +310,13 @@ class AuditStore:
         if filters.until is not None:
             query = query.where(c.recorded_at <= utc_timestamp(filters.until))
         if filters.user is not None:
-            query = query.where(c.user_id == filters.user)
+            query = query.where(c.user_id == xml_safe(filters.user))
+        # Exact relations, never substring matching (VA-7). Stored ids went through `xml_safe`,
+        # so the searched value does too (it is injective: only equal inputs match).
         if filters.patient is not None:
-            query = query.where(c.patients.contains(f"|{filters.patient}|", autoescape=True))
+            query = query.where(c.seq.in_(_related("patient", filters.patient)))
         if filters.study is not None:
-            query = query.where(c.studies.contains(f"|{filters.study}|", autoescape=True))
+            query = query.where(c.seq.in_(_related("study", filters.study)))
         if filters.outcome is not None:
             query = query.where(c.outcome == filters.outcome)
         if filters.event_id is not None:
@@ -282,7 +349,11 @@ class AuditStore:
     # --- verification ---------------------------------------------------------------------
 
     def verify(self) -> list[str]:
-        """Walk the chain; every problem names the record it concerns (empty: intact)."""
+        """Tamper evidence: walk the chain, then check the relation against the hashed columns.
+
+        Every finding names the record it concerns (empty: intact). Message content is not
+        looked at here (see `check_content`), so a malformed message can never hide tampering.
+        """
         rows = list(self.iter_all())
         where = {r["hash"]: r["seq"] for r in rows}
         problems: list[str] = []
@@ -311,12 +382,109 @@ class AuditStore:
                 problems.append(f"record {missing} deleted (head at {head_seq})")
             else:
                 problems.append(f"chain head does not match record {last_seq}")
+        if not problems:
+            # With a broken chain the relation is untrustworthy anyway and its mismatches are
+            # what the findings above leave behind; with an intact chain it is the only witness.
+            problems.extend(self._verify_relation(rows))
+        return problems
+
+    def _verify_relation(self, rows: list[dict[str, Any]]) -> list[str]:
+        """The patient/study relation must say exactly what each record's columns say.
+
+        Rows are matched to records by the record's hash and sequence number.
+        """
+        stored: dict[str, set[tuple[int, str, str]]] = {}
+        with self._reader.connect() as conn:
+            for r in conn.execute(select(audit_object)):
+                key = str(r.record_hash)
+                stored.setdefault(key, set()).add((int(r.seq), str(r.kind), str(r.object_id)))
+        problems = []
+        for row in rows:
+            expected = {(p["seq"], p["kind"], p["object_id"]) for p in _relation(row)}
+            if stored.pop(row["hash"], set()) != expected:
+                problems.append(
+                    f"record {row['seq']} relation altered (its patient/study rows do not match "
+                    "the record)"
+                )
+        for seq in sorted({seq for pairs in stored.values() for seq, _, _ in pairs}):
+            problems.append(f"record {seq} relation altered (rows for a record not there)")
+        return problems
+
+    def check_content(self) -> list[str]:
+        """Content findings: each record's message against A.5.1 and its indexed columns.
+
+        Independent of the chain: a finding here says a record is malformed, not that the
+        store was tampered with (a tampered record is reported by `verify` as altered).
+        """
+        problems: list[str] = []
+        for row in self.iter_all():
+            seq = row["seq"]
+            try:
+                found = validate(row["message"])
+                if not found:
+                    found = _columns_disagree(row)
+            except Exception as exc:  # never let one record stop the walk
+                found = [f"cannot be checked ({exc.__class__.__name__})"]
+            problems.extend(f"record {seq} malformed: {p}" for p in found)
         return problems
 
     def dispose(self) -> None:
         self._writer.dispose()
         if self._reader is not self._writer:
             self._reader.dispose()
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _related(kind: str, object_id: str) -> Any:
+    return select(audit_object.c.seq).where(
+        audit_object.c.kind == kind, audit_object.c.object_id == xml_safe(object_id)
+    )
+
+
+def _columns_disagree(row: dict[str, Any]) -> list[str]:
+    """The indexed columns must repeat what the message says (EventID, action, outcome)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(row["message"])  # noqa: S314 - validated just before
+    event = root.find("EventIdentification")
+    code = event.find("EventID") if event is not None else None
+    said = (
+        code.get("csd-code") if code is not None else None,
+        event.get("EventActionCode") if event is not None else None,
+        event.get("EventOutcomeIndicator") if event is not None else None,
+    )
+    columns = (row["event_id"], row["event_action"], str(row["outcome"]))
+    if said != columns:
+        return [f"columns {columns} disagree with the message {said}"]
+    return []
+
+
+def _migrate(conn: Connection) -> None:
+    """Bring a store to SCHEMA_VERSION inside the caller's (locked) transaction."""
+    current = conn.execute(select(audit_schema.c.version).where(audit_schema.c.id == 1)).first()
+    version = int(current.version) if current is not None else 1
+    if version >= SCHEMA_VERSION:
+        return
+    # PostgreSQL: the head row lock makes one worker migrate (SQLite: BEGIN IMMEDIATE did).
+    conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1).with_for_update())
+    # Version 1 -> 2: fill the relation from the records already there. Version-1 columns were
+    # "|a|b|" strings, so an id that itself contained "|" cannot be recovered exactly there.
+    columns = select(
+        audit_record.c.seq, audit_record.c.hash, audit_record.c.patients, audit_record.c.studies
+    )
+    for r in conn.execute(columns).all():
+        related = _relation(dict(r._mapping))
+        if related:
+            conn.execute(insert(audit_object), related)
+    if current is None:
+        conn.execute(insert(audit_schema).values(id=1, version=SCHEMA_VERSION))
+    else:
+        conn.execute(
+            update(audit_schema).where(audit_schema.c.id == 1).values(version=SCHEMA_VERSION)
+        )
 
 
 def _span(first: int, last: int) -> str:
@@ -329,5 +497,6 @@ def now_utc() -> datetime:
 
 def drop_append_only_guard(conn: Connection) -> None:
     """For tamper tests and forensic tooling only: what an attacker with file access can do."""
-    for name in ("audit_record_no_update", "audit_record_no_delete"):
-        conn.execute(text(f"DROP TRIGGER IF EXISTS {name}"))
+    for table in ("audit_record", "audit_object"):
+        for verb in ("update", "delete"):
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_{verb}"))
