@@ -29,6 +29,8 @@ HERE = Path(__file__).resolve().parent
 REALM_YAML = HERE.parent / "realm.yaml"
 POLICY_YAML = HERE.parent.parent / "config" / "policy.yaml"
 OUTPUT = HERE / "realm-dicomweb.json"
+# The Kubernetes base imports the same file (kustomize reads only files under its root).
+DEPLOY_COPY = HERE.parent.parent / "deploy" / "base" / "realm-dicomweb.json"
 
 # The one Keycloak version compose/ and deploy/ run (checked by their tests), and its flags.
 KEYCLOAK_VERSION = "26.4.7"
@@ -550,12 +552,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     text = render()
     if args.check:
-        if not OUTPUT.exists() or OUTPUT.read_text(encoding="utf-8") != text:
-            print(f"{OUTPUT} is out of date: run idp/keycloak/generate.py", file=sys.stderr)
-            return 1
+        for out in (OUTPUT, DEPLOY_COPY):
+            if not out.exists() or out.read_text(encoding="utf-8") != text:
+                print(f"{out} is out of date: run idp/keycloak/generate.py", file=sys.stderr)
+                return 1
         return 0
-    OUTPUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUTPUT}")
+    for out in (OUTPUT, DEPLOY_COPY):
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out}")
     return 0
 
 
