@@ -12,7 +12,10 @@ PYTHON=${PYTHON:-python3}
 
 # gcc + libc6-dev: the launcher compiles a 5-line shim once so Orthanc's HTTPS (civetweb 1.15)
 # works with OpenSSL 3 (see services/stack/src/ztstack/templates/civetweb_openssl3.c).
-APT_PACKAGES=(orthanc orthanc-dicomweb dcmtk chromium iproute2 nodejs npm ca-certificates gcc libc6-dev)
+# docker-compose (v1, Debian) and kubernetes-client (kubectl kustomize): the offline checks of
+# compose/ and deploy/ (docs/deploy.md); neither needs a Docker engine or a cluster.
+APT_PACKAGES=(orthanc orthanc-dicomweb dcmtk chromium iproute2 nodejs npm ca-certificates gcc libc6-dev
+              docker-compose kubernetes-client)
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 
@@ -20,9 +23,14 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# The image may ship node/npm outside Debian's packages; accept those.
+# The image may ship node/npm or kubectl outside Debian's packages; accept those (installing
+# kubernetes-client over another package's /usr/bin/kubectl would fail).
 if command -v node >/dev/null && command -v npm >/dev/null; then
   keep=(); for p in "${missing[@]}"; do [[ $p == nodejs || $p == npm ]] || keep+=("$p"); done
+  missing=("${keep[@]}")
+fi
+if command -v kubectl >/dev/null; then
+  keep=(); for p in "${missing[@]}"; do [[ $p == kubernetes-client ]] || keep+=("$p"); done
   missing=("${keep[@]}")
 fi
 if [ ${#missing[@]} -gt 0 ]; then
@@ -52,7 +60,7 @@ if [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$py_stamp" ]; then
   echo "$py_stamp" > "$VENV/.stamp"
 fi
 
-for d in idp/local viewer-config; do
+for d in idp/local idp/keycloak/typecheck viewer-config; do
   [ -f "$d/package-lock.json" ] || continue
   s=$(stamp_of "$d/package.json" "$d/package-lock.json")
   if [ "$(cat "$d/node_modules/.stamp" 2>/dev/null)" != "$s" ]; then

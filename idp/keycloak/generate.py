@@ -5,8 +5,14 @@
 
 The output holds no secret: the gateway origin, user passwords and the device clients' public
 keys are `${...}` placeholders that Keycloak fills from its environment at import
-(`kc.sh start --import-realm`). TOTP and WebAuthn are enrolled at first login (required
-actions). Keycloak needs `--features=dynamic-scopes` for the `study:*` scope.
+(`kc.sh start --import-realm`); compose and the Kubernetes manifests refuse to start when one is
+unset (Keycloak itself would abort on `${GATEWAY_URL}` but take an unset `${ZT_PASSWORD_*}` as
+the literal password). TOTP and WebAuthn are enrolled at first login (required actions).
+
+Pinned to Keycloak KEYCLOAK_VERSION (26.2 or later: `access.token.header.type.rfc9068`), started
+with KEYCLOAK_FEATURES (`dynamic-scopes` for `study:*`). Because the file defines `clientScopes`,
+Keycloak creates none of its built-in scopes on import: everything a token carries comes from the
+scopes and mappers below (idp/keycloak/tests/test_keycloak_claims.py derives the claims).
 """
 
 from __future__ import annotations
@@ -21,7 +27,18 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REALM_YAML = HERE.parent / "realm.yaml"
+POLICY_YAML = HERE.parent.parent / "config" / "policy.yaml"
 OUTPUT = HERE / "realm-dicomweb.json"
+# The Kubernetes base imports the same file (kustomize reads only files under its root).
+DEPLOY_COPY = HERE.parent.parent / "deploy" / "base" / "realm-dicomweb.json"
+
+# The one Keycloak version compose/ and deploy/ run (checked by their tests), and its flags.
+KEYCLOAK_VERSION = "26.4.7"
+KEYCLOAK_IMAGE = f"quay.io/keycloak/keycloak:{KEYCLOAK_VERSION}"
+KEYCLOAK_FEATURES = ["dynamic-scopes"]
+# Keycloak's own realm roles: the default role (composite) and offline_access.
+DEFAULT_ROLE = "default-roles-{realm}"
+OFFLINE_ACCESS = "offline_access"
 
 # Which Keycloak authenticator proves which realm factor (browser flow executions).
 AUTHENTICATORS = {
@@ -30,6 +47,9 @@ AUTHENTICATORS = {
     "webauthn": "webauthn-authenticator",
 }
 REQUIRED_ACTIONS = {"otp": "CONFIGURE_TOTP", "webauthn": "webauthn-register"}
+# RFC 8176 `amr` value of each factor: Keycloak's oidc-amr-mapper emits the
+# `default.reference.value` of each completed execution's authenticator config.
+AMR_OF = {"password": "pwd", "otp": "otp", "webauthn": "hwk"}
 OIDC_SCOPES = {"openid", "profile", "offline_access"}
 
 
@@ -47,8 +67,9 @@ def _mapper(name: str, mapper: str, config: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _token_claims_mappers(audience: str) -> list[dict[str, Any]]:
-    """The RFC 9068 claims the gateway reads, as the local provider issues them."""
+def _token_claims_mappers(cid: str, audience: str) -> list[dict[str, Any]]:
+    """The RFC 9068 claims the gateway reads, as the local provider issues them (`sub` and
+    `auth_time` come from the `basic` scope)."""
     token = {
         "access.token.claim": "true",
         "id.token.claim": "false",
@@ -86,29 +107,47 @@ def _token_claims_mappers(audience: str) -> list[dict[str, Any]]:
                 **token,
             },
         ),
+        # RFC 9068 2.2 `client_id`. Keycloak's session-note mapper sees the `client_id` note only
+        # for service accounts and token exchange, so user tokens would lack it: a constant.
         _mapper(
             "client_id",
-            "oidc-usersessionmodel-note-mapper",
+            "oidc-hardcoded-claim-mapper",
             {
                 "claim.name": "client_id",
-                "user.session.note": "client_id",
+                "claim.value": cid,
                 "jsonType.label": "String",
                 **token,
             },
         ),
         _mapper("acr loa level", "oidc-acr-mapper", {"id.token.claim": "true", **token}),
         _mapper("amr", "oidc-amr-mapper", {"id.token.claim": "true", **token}),
-        _mapper(
-            "auth_time",
-            "oidc-usersessionmodel-note-mapper",
-            {
-                "claim.name": "auth_time",
-                "user.session.note": "AUTH_TIME",
-                "jsonType.label": "long",
-                **token,
-            },
-        ),
     ]
+
+
+def _basic_scope() -> dict[str, Any]:
+    """Keycloak 25+ moved `sub` and `auth_time` into the built-in `basic` scope, which an import
+    that defines `clientScopes` does not get (keycloak/keycloak#31082): define it here."""
+    token = {"access.token.claim": "true", "introspection.token.claim": "true"}
+    return {
+        "name": "basic",
+        "description": "sub and auth_time in every token",
+        "protocol": "openid-connect",
+        "attributes": {"include.in.token.scope": "false", "display.on.consent.screen": "false"},
+        "protocolMappers": [
+            _mapper("sub", "oidc-sub-mapper", token),
+            _mapper(
+                "auth_time",
+                "oidc-usersessionmodel-note-mapper",
+                {
+                    "claim.name": "auth_time",
+                    "user.session.note": "AUTH_TIME",
+                    "jsonType.label": "long",
+                    "id.token.claim": "true",
+                    **token,
+                },
+            ),
+        ],
+    }
 
 
 def _client(cid: str, c: dict[str, Any], realm: dict[str, Any]) -> dict[str, Any]:
@@ -146,8 +185,10 @@ def _client(cid: str, c: dict[str, Any], realm: dict[str, Any]) -> dict[str, Any
         "redirectUris": list(c["redirect_uris"]),
         "webOrigins": list(c.get("web_origins") or []),
         "attributes": attributes,
-        "protocolMappers": _token_claims_mappers(audience) if grants else [],
-        "defaultClientScopes": sorted(s for s in c["scopes"] if s in ("openid", "profile")),
+        "protocolMappers": _token_claims_mappers(cid, audience) if grants else [],
+        "defaultClientScopes": sorted(
+            ["basic"] * bool(grants) + [s for s in c["scopes"] if s in ("openid", "profile")]
+        ),
         "optionalClientScopes": sorted(
             s.split(":")[0] if s.endswith(":*") else s
             for s in c["scopes"]
@@ -165,7 +206,7 @@ def _client(cid: str, c: dict[str, Any], realm: dict[str, Any]) -> dict[str, Any
 
 
 def _client_scopes(realm: dict[str, Any]) -> list[dict[str, Any]]:
-    scopes: list[dict[str, Any]] = []
+    scopes: list[dict[str, Any]] = [_basic_scope()]
     for name in realm["scopes"]["oidc"]:
         if name == "openid":
             continue  # implicit in Keycloak
@@ -205,15 +246,34 @@ def _client_scopes(realm: dict[str, Any]) -> list[dict[str, Any]]:
     return scopes
 
 
+def step_up_max_age(policy_file: Path = POLICY_YAML) -> int:
+    """The shortest `max_age` of the gateway's step-up rules: how long a second factor counts."""
+    policy = yaml.safe_load(policy_file.read_text(encoding="utf-8"))
+    ages = [int(r["max_age"]) for r in policy.get("step_up") or [] if r.get("max_age")]
+    return min(ages)
+
+
+def level_max_age(realm: dict[str, Any], loa: int) -> int:
+    """Keycloak's `loa-max-age`: password for the session, every higher level only as long as
+    the gateway's step-up window (a fresh second factor after that, as the gateway asks)."""
+    first = realm["acr_levels"][0]["loa"]
+    return int(realm["tokens"]["session_lifetime_seconds"]) if loa == first else step_up_max_age()
+
+
 def _flows(realm: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Browser flow with one conditional sub-flow per level (Keycloak's step-up recipe):
-    level n runs when the requested level (acr_values mapped by acr.loa.map) is >= n."""
+    level n runs when the requested level (acr_values mapped by acr.loa.map) is >= n.
+
+    Every factor execution has an authenticator config with `default.reference.value` (its
+    RFC 8176 `amr` value) and `default.reference.maxAge`: the `amr` mapper emits only values of
+    completed executions whose config has both (AmrUtils, an absent max age counts as 0)."""
     forms: list[dict[str, Any]] = []
     subflows: list[dict[str, Any]] = []
     configs: list[dict[str, Any]] = []
     previous: set[str] = set()
     for i, level in enumerate(realm["acr_levels"]):
         alias = f"zt-loa{level['loa']}"
+        max_age = level_max_age(realm, level["loa"])
         # The factor this level adds on top of the lower ones.
         new = [f for f in level["factors"] if f not in previous] or level["factors"][-1:]
         previous |= set(level["factors"])
@@ -222,10 +282,20 @@ def _flows(realm: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, 
                 "alias": f"{alias}-condition",
                 "config": {
                     "loa-condition-level": str(level["loa"]),
-                    "loa-max-age": str(realm["tokens"]["session_lifetime_seconds"]),
+                    "loa-max-age": str(max_age),
                 },
             }
         )
+        for factor in new:
+            configs.append(
+                {
+                    "alias": f"{alias}-{factor}-amr",
+                    "config": {
+                        "default.reference.value": AMR_OF[factor],
+                        "default.reference.maxAge": str(max_age),
+                    },
+                }
+            )
         executions = [
             {
                 "authenticator": "conditional-level-of-authentication",
@@ -240,6 +310,7 @@ def _flows(realm: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, 
             executions.append(
                 {
                     "authenticator": AUTHENTICATORS[factor],
+                    "authenticatorConfig": f"{alias}-{factor}-amr",
                     "authenticatorFlow": False,
                     "requirement": "REQUIRED",
                     "priority": 10 * (j + 1),
@@ -327,7 +398,8 @@ def _users(realm: dict[str, Any]) -> list[dict[str, Any]]:
             "emailVerified": False,
             "firstName": u["first_name"],
             "lastName": u["last_name"],
-            "realmRoles": list(u["roles"]),
+            # Imported users get no default roles: name the default role (offline_access) here.
+            "realmRoles": [*u["roles"], DEFAULT_ROLE.format(realm=realm["realm"])],
             "groups": list(u["groups"]),
             "credentials": [
                 {
@@ -344,11 +416,67 @@ def _users(realm: dict[str, Any]) -> list[dict[str, Any]]:
     return users
 
 
+def _roles(realm: dict[str, Any]) -> list[dict[str, Any]]:
+    default = DEFAULT_ROLE.format(realm=realm["realm"])
+    return [
+        *({"name": n, "description": d} for n, d in realm["roles"].items()),
+        {"name": OFFLINE_ACCESS, "description": "Keycloak: may hold offline (refresh) tokens"},
+        {
+            "name": default,
+            "description": "Keycloak: the default role every user holds",
+            "composite": True,
+            "composites": {"realm": [OFFLINE_ACCESS]},
+        },
+    ]
+
+
+def _scope_mappings(realm: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every client has `fullScopeAllowed: false`, so a token carries only the roles its client
+    (or a client scope in effect) is mapped to: the user-facing clients get the realm's roles;
+    `offline_access` comes with the scope of that name, as in a Keycloak-created realm."""
+    users = [cid for cid, c in realm["clients"].items() if "authorization_code" in c["grant_types"]]
+    mappings: list[dict[str, Any]] = [
+        {"client": cid, "roles": sorted(realm["roles"])} for cid in users
+    ]
+    if OFFLINE_ACCESS in realm["scopes"]["oidc"]:
+        mappings.append({"clientScope": OFFLINE_ACCESS, "roles": [OFFLINE_ACCESS]})
+    return mappings
+
+
+def _key_providers() -> dict[str, list[dict[str, Any]]]:
+    """ES256 signs tokens (P-256, as the local provider); HS512 and AES keys for Keycloak's own
+    internal tokens and cookies."""
+
+    def provider(name: str, provider_id: str, **config: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "providerId": provider_id,
+            "subComponents": {},
+            "config": {k: [v] for k, v in {"priority": "200", "enabled": "true",
+                                              "active": "true", **config}.items()},
+        }  # fmt: skip
+
+    return {
+        "org.keycloak.keys.KeyProvider": [
+            provider("ecdsa-p256", "ecdsa-generated", ecdsaEllipticCurveKey="P-256"),
+            provider("hmac-hs512", "hmac-generated", algorithm="HS512", secretSize="64"),
+            provider("aes-128", "aes-generated", secretSize="16"),
+        ]
+    }
+
+
 def generate(realm: dict[str, Any]) -> dict[str, Any]:
     t = realm["tokens"]
     bf = realm["brute_force"]
     wa = realm.get("webauthn") or {}
     flows, configs = _flows(realm)
+    webauthn = {
+        "UserVerificationRequirement": "required",
+        "SignatureAlgorithms": ["ES256"],
+        # Attestation policy (ID-10): the same conveyance and AAGUID allow-list as idp/local.
+        "AttestationConveyancePreference": wa.get("attestation", "none"),
+        "AcceptableAaguids": list(wa.get("aaguid_allow_list") or []),
+    }
     return {
         "realm": realm["realm"],
         "displayName": realm["display_name"],
@@ -363,26 +491,43 @@ def generate(realm: dict[str, Any]) -> dict[str, Any]:
         "revokeRefreshToken": True,  # rotation: a refresh token is good once
         "refreshTokenMaxReuse": 0,
         "defaultSignatureAlgorithm": t["signing_algorithm"],
+        # docs/identity.md: 5 failed factors within 15 minutes lock the name for 5 minutes.
+        # Keycloak differs where it cannot follow: a successful login resets its count, an
+        # unknown name is not counted, and it has no per-address throttle (docs/deploy.md).
         "bruteForceProtected": True,
+        "bruteForceStrategy": "MULTIPLE",  # lock at every multiple of failureFactor
         "permanentLockout": False,
+        "maxTemporaryLockouts": 0,  # 0: temporary lockouts, never a permanent one
         "failureFactor": bf["max_failures"],
+        "waitIncrementSeconds": bf["lockout_seconds"],
         "maxFailureWaitSeconds": bf["lockout_seconds"],
-        "waitIncrementSeconds": 60,
         "maxDeltaTimeSeconds": bf["failure_window_seconds"],
+        "quickLoginCheckMilliSeconds": 1000,
+        "minimumQuickLoginWaitSeconds": 60,
+        # Login and admin events, with details, to the server log (jboss-logging).
+        "eventsEnabled": True,
+        "eventsExpiration": 90 * 86400,
+        "eventsListeners": ["jboss-logging"],
+        "adminEventsEnabled": True,
+        "adminEventsDetailsEnabled": True,
+        "offlineSessionMaxLifespanEnabled": True,
+        "offlineSessionMaxLifespan": t["refresh_token_lifetime_seconds"],
         "otpPolicyType": "totp",
         "otpPolicyAlgorithm": "HmacSHA1",
         "otpPolicyDigits": 6,
         "otpPolicyPeriod": 30,
         "otpPolicyLookAheadWindow": 1,
-        "webAuthnPolicyUserVerificationRequirement": "required",
-        "webAuthnPolicySignatureAlgorithms": ["ES256"],
-        # Attestation policy (ID-10): the same conveyance and AAGUID allow-list as idp/local.
-        "webAuthnPolicyAttestationConveyancePreference": wa.get("attestation", "none"),
-        "webAuthnPolicyAcceptableAaguids": list(wa.get("aaguid_allow_list") or []),
+        "otpPolicyCodeReusable": False,  # a TOTP code is good once
+        # The same policy for second-factor and passwordless WebAuthn.
+        **{f"webAuthnPolicy{k}": v for k, v in webauthn.items()},
+        **{f"webAuthnPolicyPasswordless{k}": v for k, v in webauthn.items()},
+        "webAuthnPolicyPasswordlessRequireResidentKey": "Yes",
         "attributes": {
             "acr.loa.map": json.dumps({lv["acr"]: lv["loa"] for lv in realm["acr_levels"]}),
         },
-        "roles": {"realm": [{"name": n, "description": d} for n, d in realm["roles"].items()]},
+        "roles": {"realm": _roles(realm)},
+        "defaultRole": {"name": DEFAULT_ROLE.format(realm=realm["realm"])},
+        "scopeMappings": _scope_mappings(realm),
         "groups": _groups(realm["groups"]),
         "users": _users(realm),
         "clientScopes": _client_scopes(realm),
@@ -392,6 +537,7 @@ def generate(realm: dict[str, Any]) -> dict[str, Any]:
         "authenticationFlows": flows,
         "authenticatorConfig": configs,
         "browserFlow": "zt-browser",
+        "components": _key_providers(),
     }
 
 
@@ -406,12 +552,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     text = render()
     if args.check:
-        if not OUTPUT.exists() or OUTPUT.read_text(encoding="utf-8") != text:
-            print(f"{OUTPUT} is out of date: run idp/keycloak/generate.py", file=sys.stderr)
-            return 1
+        for out in (OUTPUT, DEPLOY_COPY):
+            if not out.exists() or out.read_text(encoding="utf-8") != text:
+                print(f"{out} is out of date: run idp/keycloak/generate.py", file=sys.stderr)
+                return 1
         return 0
-    OUTPUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUTPUT}")
+    for out in (OUTPUT, DEPLOY_COPY):
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out}")
     return 0
 
 

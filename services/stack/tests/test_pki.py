@@ -25,7 +25,8 @@ def test_every_leaf_names_loopback_and_keys_are_private(tmp_path: Path) -> None:
         if name == "ca":
             continue
         san = load(pair.cert).extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        assert san.value.get_values_for_type(x509.DNSName) == ["localhost"]
+        want = ["localhost", *pki.CONTAINER_NAMES.get(name, [])]
+        assert san.value.get_values_for_type(x509.DNSName) == want
         assert set(san.value.get_values_for_type(x509.IPAddress)) == {
             ipaddress.ip_address("127.0.0.1"),
             ipaddress.ip_address("::1"),

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from . import gateway, idp, orthanc, procs, seed, stackfile
+from . import compose, gateway, idp, orthanc, procs, seed, stackfile
 from .errors import StackError
 from .health import get_ok
 from .pki import Pair, ensure_pki
@@ -43,13 +43,32 @@ def docker_answers() -> bool:
 
 
 def choose_mode(requested: str) -> str:
-    if requested != "auto":
-        return requested
+    """native, compose, or "compose-or-native" (auto with an engine: try compose first)."""
+    if requested == "native":
+        return "native"
+    if requested == "compose":
+        if not docker_answers():
+            raise StackError("compose: no Docker engine answered `docker info` (start Docker, "
+                             "or run `make up STACK=native`)")  # fmt: skip
+        say("stack: compose (asked for)")
+        return "compose"
     if docker_answers():
         say("stack: compose (a Docker engine answered `docker info`)")
-        return "compose"
+        return "compose-or-native"
     say("stack: native (no Docker engine answered `docker info`)")
     return "native"
+
+
+def up_compose(run: RunDir, ports_mode: str) -> None:
+    """Start the compose stack (compose/compose.yaml) and write its stack.json."""
+    started_at = time.monotonic()
+    run.create()
+    ports = choose(ports_mode, run.ports_json)
+    check_free(ports)
+    data = compose.up(run, ports)
+    stackfile.write(run, data)
+    say(f"ready in {time.monotonic() - started_at:.1f} s (compose); wrote {run.stack_json}")
+    print_summary(data)
 
 
 def running(run: RunDir, names: Iterable[str]) -> dict[str, int]:
@@ -151,9 +170,23 @@ def _redirects(url: str) -> bool:
 
 def up(run: RunDir, stack: str, ports_mode: str, only: set[str] | None = None) -> int:
     mode = choose_mode(stack)
-    if mode == "compose":
-        say("compose: not available yet (use --stack native)")
-        return 2
+    if mode != "native":
+        try:
+            up_compose(run, ports_mode)
+            return 0
+        except compose.ComposeFailed as e:
+            if mode == "compose":  # asked for: one clear line, non-zero exit (via main)
+                raise StackError(
+                    f"compose: the Docker engine could not start the stack: {e.problem} "
+                    f"({e.fix}; `make up STACK=native` runs without Docker)"
+                ) from None
+            say(f"compose: the Docker engine could not start the stack ({e.problem}); "
+                "falling back to native")  # fmt: skip
+            compose.down(run)
+    return up_native(run, ports_mode, only)
+
+
+def up_native(run: RunDir, ports_mode: str, only: set[str] | None = None) -> int:
     started_at = time.monotonic()
     wanted = [s for s in SERVICES if only is None or s in only or
               (s in ("gateway-http", "dimse") and "gateway" in only)]  # fmt: skip
@@ -248,6 +281,10 @@ def down(run: RunDir, clean: bool) -> int:
     if not run.root.exists():
         say(f"nothing to stop: {run.root} does not exist")
         return 0
+    data = stackfile.read(run) or {}
+    if data.get("mode") == "compose":
+        rc = compose.down(run)
+        say("compose: stopped" if rc == 0 else f"compose: `docker compose down` exited {rc}")
     names = SERVICES + [p.stem for p in sorted(run.pids.glob("*.pid")) if p.stem not in SERVICES]
     for name, result in procs.stop_all(run, names).items():
         if result != "not recorded":

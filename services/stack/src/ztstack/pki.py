@@ -1,7 +1,8 @@
 """The deployment CA and short-lived leaf certificates, generated into `<run>/pki/`.
 
 One EC P-256 CA per run directory; every server and client certificate is signed by it and
-names `DNS:localhost, IP:127.0.0.1, IP:::1` (all servers listen on loopback). Certificates are
+names `DNS:localhost, IP:127.0.0.1, IP:::1` (all servers listen on loopback; server
+certificates also carry their compose service name, CONTAINER_NAMES). Certificates are
 reused while valid and renewed when less than a third of their lifetime remains, so a warm
 `make up` does no crypto work. Private keys are written 0600 and never leave the run directory.
 
@@ -41,6 +42,13 @@ LEAVES: dict[str, str] = {
     "modality-ct1": CLIENT,
 }
 
+# Server names inside compose's networks (compose/compose.yaml), besides localhost.
+CONTAINER_NAMES: dict[str, list[str]] = {
+    "gateway": ["gateway"],
+    "idp": ["keycloak"],
+    "orthanc": ["orthanc"],
+}
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -78,6 +86,12 @@ def _still_fresh(cert_path: Path, issuer: x509.Certificate | None = None) -> boo
         except (ValueError, TypeError, InvalidSignature):  # any mismatch means: reissue
             return False
     return True
+
+
+def _names(cert_path: Path) -> list[str]:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return list(san.value.get_values_for_type(x509.DNSName))
 
 
 def _self(cert_path: Path) -> x509.Certificate | None:
@@ -157,10 +171,11 @@ def issue_leaf(
 ) -> Pair:
     pair = Pair(pki / f"{name}.pem", pki / f"{name}.key")
     pinned = usage == CLIENT
+    dns = ["localhost", *CONTAINER_NAMES.get(name, [])]
     if pinned:
         if _still_fresh(pair.cert, _self(pair.cert)) and pair.key.exists():
             return pair
-    elif _still_fresh(pair.cert, ca_cert) and pair.key.exists():
+    elif _still_fresh(pair.cert, ca_cert) and pair.key.exists() and _names(pair.cert) == dns:
         return pair
     key = ec.generate_private_key(ec.SECP256R1())
     signer_key = key if pinned else ca_key
@@ -169,7 +184,7 @@ def issue_leaf(
     eku = ExtendedKeyUsageOID.SERVER_AUTH if usage == SERVER else ExtendedKeyUsageOID.CLIENT_AUTH
     san = x509.SubjectAlternativeName(
         [
-            x509.DNSName("localhost"),
+            *(x509.DNSName(n) for n in dns),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("::1")),
         ]
