@@ -1,21 +1,28 @@
 #!/usr/bin/env python3
-"""Benchmark the gateway against the archive accessed directly (`make bench`, docs/performance.md).
+"""Benchmark the deployment against the archive and a plain proxy (`make bench`).
 
-Workloads: QIDO (search for studies), study metadata, one frame, whole-study retrieval and STOW
-of one small instance; each direct to the archive (its own credentials and client certificate)
-and through a gateway, at concurrency 1 and 8, several bounded runs each. Prints medians and the
-gateway/direct ratio. Loopback only.
+Three targets in one run, on the same machine and data:
+- direct: the archive itself, with its own credentials and client certificate;
+- gateway: the deployment's front (the edge, nginx, deciding through the gateway; QIDO, STOW
+  and everything the gateway must see go through Python) as started by `make up`, but in a copy
+  with its rate limits raised (the stack's own would answer 429 at these rates, as it should);
+- proxy: a plain nginx terminating TLS and proxying to the same archive with the gateway's
+  client certificate and no authorization at all: the ceiling for any proxy on this machine.
 
-The gateway measured is a dedicated one started by this script from the run's own settings with
-only the rate limit raised (the stack's gateway would answer 429 at these rates, as it should),
-on a free port, and stopped at the end. STOW'd bench instances are deleted afterwards.
+Workloads use the real-sized CT volume (ztstack/volume.py: 320 slices of 512x512, and a
+64-frame instance): QIDO, study and series metadata, single frames, a batch of 16 frames,
+one instance, a whole series and a whole study (MB/s), a rendered image, and STOW of one
+512x512 instance; at concurrency 1, 8 and 32; each run bounded in time and in requests. For
+each: requests/s, MB/s, p50/p95 latency, and CPU seconds per 1,000 requests of the front's
+processes (gateway workers, nginx, edge audit) and of the archive, read from /proc.
+Loopback only; bench STOWs are deleted at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import io
+import base64
 import json
 import os
 import signal
@@ -25,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +40,38 @@ import httpx
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-BENCH_STUDY = "1.2.826.0.1.3680043.10.1234.999"  # all STOW'd bench instances go here
+BENCH_STUDY = "1.2.826.0.1.3680043.10.1234.999"  # every STOW'd bench instance goes here
+FRAMES_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+PART10_ACCEPT = 'multipart/related; type="application/dicom"'
+TICKS = os.sysconf("SC_CLK_TCK")
+
+PROXY_CONF = """daemon off; master_process on; worker_processes 2; pid {dir}/nginx.pid;
+error_log stderr warn;
+load_module /usr/lib/nginx/modules/ngx_http_headers_more_filter_module.so;
+events {{ worker_connections 1024; }}
+http {{
+  server_tokens off; access_log off; sendfile off; tcp_nodelay on;
+  client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp;
+  fastcgi_temp_path {dir}/tmp; uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;
+  ssl_protocols TLSv1.2 TLSv1.3; ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;
+  client_max_body_size 0;
+  upstream archive {{ server {archive}; keepalive 32; keepalive_timeout 1s; }}
+  server {{
+    listen 127.0.0.1:{port} ssl http2;
+    ssl_certificate {cert}; ssl_certificate_key {key};
+    location / {{
+      proxy_pass https://archive; proxy_http_version 1.1;
+      proxy_set_header Connection ""; proxy_set_header Host {archive};
+      proxy_set_header Authorization "{auth}"; proxy_set_header Accept-Encoding "";
+      proxy_set_header Forwarded "host=localhost:{port};proto=https";
+      proxy_ssl_certificate {client_cert}; proxy_ssl_certificate_key {client_key};
+      proxy_ssl_trusted_certificate {ca}; proxy_ssl_verify on; proxy_ssl_name localhost;
+      proxy_ssl_session_reuse on; proxy_buffering on; proxy_buffers 64 16k;
+      proxy_max_temp_file_size 0; proxy_request_buffering off;
+    }}
+  }}
+}}
+"""
 
 
 @dataclass
@@ -41,15 +79,26 @@ class Target:
     name: str
     base: str  # .../dicom-web
     client: httpx.AsyncClient
+    pids: list[int] = field(default_factory=list)  # the front's processes (not the archive)
 
 
 @dataclass
 class Workload:
     name: str
-    method: str
     path: str
     accept: str | None = None
     stow: bool = False
+    max_concurrency: int = 32
+
+
+@dataclass
+class Result:
+    rps: float
+    mbps: float
+    p50: float
+    p95: float
+    front_cpu: float  # CPU seconds per 1,000 requests
+    archive_cpu: float
 
 
 def free_port() -> int:
@@ -58,94 +107,177 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_gateway(stack: dict[str, Any], run_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    settings_path = run_dir / "gateway" / "settings.yaml"
-    settings = yaml.safe_load(settings_path.read_text())
-    port = free_port()
-    settings["listen"] = {"host": "127.0.0.1", "port": port}
-    settings["limits"]["requests_per_minute"] = 10_000_000
-    settings["viewer"] = {"dist_dir": None, "config_template": None}
-    path = run_dir / "gateway" / "settings-bench.yaml"
-    path.write_text(yaml.safe_dump(settings, sort_keys=False))
-    log = (run_dir / "logs" / "gateway-bench.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dicomweb_gateway", "serve", "--config", str(path)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"https://localhost:{port}"
-    ctx = ssl.create_default_context(cafile=stack["ca_cert"])
-    for _ in range(100):
+# --------------------------------------------------------------------------- processes
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes and all their descendants (clock ticks -> s)."""
+    total = 0
+    seen: set[int] = set()
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                children = (task / "children").read_text().split()
+                todo.extend(int(c) for c in children)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / TICKS
+
+
+def wait_https(url: str, ctx: ssl.SSLContext, proc: subprocess.Popen[bytes], log: Path) -> None:
+    for _ in range(150):
         time.sleep(0.2)
         try:
-            if httpx.get(url + "/healthz", verify=ctx, timeout=2).status_code == 200:
-                return proc, url
+            if httpx.get(url + "/healthz", verify=ctx, timeout=2).status_code in (200, 404):
+                return
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
             break
     proc.terminate()
-    raise SystemExit(f"bench gateway did not start; see {run_dir / 'logs' / 'gateway-bench.log'}")
+    raise SystemExit(f"bench process did not start; see {log}")
 
 
-def get_token(stack: dict[str, Any], token: str | None) -> str:
-    if token:
-        return token
-    from dicomweb_cli import login_password
+class Fronts:
+    """The bench's own edge + gateway (+ edge audit) and the plain proxy; stopped at exit."""
 
-    scopes = "openid user/ImagingStudy.rs user/ImagingStudy.c"
-    return str(login_password(stack, "radiologist", scopes).access_token)
+    def __init__(self, stack: dict[str, Any], run_dir: Path) -> None:
+        self.stack, self.run_dir = stack, run_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        log = self.run_dir / "logs" / f"{name}.log"
+        proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def start_gateway(self) -> tuple[str, list[int]]:
+        from ztstack import edge
+        from ztstack.pki import ensure_pki
+        from ztstack.rundir import RunDir
+
+        run = RunDir.at(str(self.run_dir))
+        settings = yaml.safe_load((self.run_dir / "gateway" / "settings.yaml").read_text())
+        if "edge" not in settings:
+            raise SystemExit("this stack has no edge (start it with `make up`)")
+        sock = self.run_dir / "gateway" / "bench.sock"
+        port = free_port()
+        settings["listen"] = {"host": "127.0.0.1", "port": port, "uds": str(sock)}
+        settings["limits"]["requests_per_minute"] = 100_000_000
+        settings["viewer"] = {"dist_dir": None, "config_template": None}
+        settings["edge"]["access_log"] = str(self.run_dir / "edge-bench" / "access.log")
+        path = self.run_dir / "gateway" / "settings-bench.yaml"
+        path.write_text(yaml.safe_dump(settings, sort_keys=False))
+        gw = self.spawn(
+            "gateway-bench",
+            [sys.executable, "-m", "dicomweb_gateway", "serve", "--config", str(path)],
+        )
+        audit = self.spawn(
+            "edge-audit-bench",
+            [sys.executable, "-m", "dicomweb_gateway", "edge-audit", "--config", str(path)],
+        )
+        password = Path(self.stack["archive"]["password_file"]).read_text().strip()
+        config = edge.render(
+            run,
+            ensure_pki(run.pki),
+            port=port,
+            archive_url=self.stack["archive"]["http_url"],
+            archive_username=self.stack["archive"]["username"],
+            archive_password=password,
+            public_url=f"https://localhost:{port}",
+            requests_per_second=1_000_000,
+            name="edge-bench",
+            socket=sock,
+        )
+        nginx = self.spawn("edge-bench", edge.command(edge.NGINX, config))
+        url = f"https://localhost:{port}"
+        ctx = ssl.create_default_context(cafile=self.stack["ca_cert"])
+        for _ in range(150):
+            if sock.exists():
+                break
+            time.sleep(0.2)
+        wait_https(url, ctx, nginx, self.run_dir / "logs" / "gateway-bench.log")
+        return url, [gw.pid, nginx.pid, audit.pid]
+
+    def start_proxy(self) -> tuple[str, list[int]]:
+        from ztstack.pki import ensure_pki
+
+        pki = ensure_pki(self.run_dir / "pki")
+        d = self.run_dir / "proxy-bench"
+        (d / "tmp").mkdir(parents=True, exist_ok=True)
+        a = self.stack["archive"]
+        password = Path(a["password_file"]).read_text().strip()
+        port = free_port()
+        conf = d / "nginx.conf"
+        conf.write_text(
+            PROXY_CONF.format(
+                dir=d,
+                port=port,
+                archive=a["http_url"].removeprefix("https://"),
+                auth="Basic " + base64.b64encode(f"{a['username']}:{password}".encode()).decode(),
+                cert=pki["gateway"].cert,
+                key=pki["gateway"].key,
+                client_cert=pki["gateway-client"].cert,
+                client_key=pki["gateway-client"].key,
+                ca=pki["ca"].cert,
+            )
+        )
+        conf.chmod(0o600)
+        proc = self.spawn("proxy-bench", ["/usr/sbin/nginx", "-c", str(conf), "-p", str(d)])
+        url = f"https://localhost:{port}"
+        wait_https(url, ssl.create_default_context(cafile=self.stack["ca_cert"]), proc, conf)
+        return url, [proc.pid]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+# --------------------------------------------------------------------------- workloads
 
 
 def bench_instance() -> tuple[str, bytes]:
-    import numpy as np
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
+    from ztstack import demo_data, volume
 
-    ds = pydicom.Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.SOPInstanceUID = generate_uid()
+    ds = volume.axial(160)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.StudyInstanceUID = BENCH_STUDY
     ds.SeriesInstanceUID = BENCH_STUDY + ".1"
-    ds.PatientID = "ZT-BENCH"
-    ds.PatientName = "Bench^Mark"
-    ds.InstitutionName = "North General Hospital"
-    ds.Modality = "OT"
-    ds.Rows = ds.Columns = 128
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = np.zeros((128, 128), dtype=np.uint16).tobytes()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    boundary = "bench-boundary"
+    ds.PatientID, ds.PatientName = "ZT-BENCH", "Bench^Mark"
+    data = demo_data.encode(ds)
+    boundary = "bench-" + generate_uid()[-12:]
     body = (
         f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + out.getvalue()
+        + data
         + f"\r\n--{boundary}--\r\n".encode()
     )
     return f'multipart/related; type="application/dicom"; boundary={boundary}', body
 
 
-async def one(target: Target, w: Workload) -> int:
-    headers = {}
-    if w.accept:
-        headers["Accept"] = w.accept
+async def one(target: Target, w: Workload, body: tuple[str, bytes] | None) -> int:
+    headers = {"Accept": w.accept} if w.accept else {}
     if w.stow:
-        ctype, body = bench_instance()
-        headers["Content-Type"] = ctype
-        r = await target.client.post(target.base + w.path, headers=headers, content=body)
-        size = len(body)
+        assert body is not None
+        headers["Content-Type"] = body[0]
+        r = await target.client.post(target.base + w.path, headers=headers, content=body[1])
+        size = len(body[1])
     else:
         size = 0
-        async with target.client.stream(w.method, target.base + w.path, headers=headers) as r:
+        async with target.client.stream("GET", target.base + w.path, headers=headers) as r:
             async for chunk in r.aiter_raw():
                 size += len(chunk)
     if r.status_code >= 400:
@@ -153,118 +285,142 @@ async def one(target: Target, w: Workload) -> int:
     return size
 
 
-async def run_once(
-    target: Target, w: Workload, concurrency: int, seconds: float, max_requests: int
-) -> tuple[float, float]:
-    """Requests per second and MB/s over a bounded run (time and count both capped)."""
-    done = 0
+async def measure(
+    target: Target,
+    w: Workload,
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+    archive_pid: int,
+) -> Result:
+    """One bounded run: stops at `seconds` or `max_requests`, whichever comes first."""
+    latencies: list[float] = []
     total = 0
+    started = 0
     deadline = time.perf_counter() + seconds
+    bodies = [bench_instance() for _ in range(4)] if w.stow else [None]
 
-    async def worker() -> None:
-        nonlocal done, total
-        while time.perf_counter() < deadline and done < max_requests:
-            done += 1
-            size = await one(target, w)
-            total += size
+    async def worker(n: int) -> None:
+        nonlocal total, started
+        while time.perf_counter() < deadline and started < max_requests:
+            started += 1
+            t = time.perf_counter()
+            total += await one(target, w, bodies[(n + started) % len(bodies)])
+            latencies.append(time.perf_counter() - t)
 
+    front0, archive0 = cpu_seconds(target.pids), cpu_seconds([archive_pid])
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(n) for n in range(concurrency)))
     elapsed = time.perf_counter() - start
-    return done / elapsed, total / elapsed / 1e6
+    front1, archive1 = cpu_seconds(target.pids), cpu_seconds([archive_pid])
+    n = max(1, len(latencies))
+    latencies.sort()
+    return Result(
+        rps=len(latencies) / elapsed,
+        mbps=total / elapsed / 1e6,
+        p50=statistics.median(latencies) * 1000,
+        p95=latencies[min(n - 1, int(n * 0.95))] * 1000,
+        front_cpu=(front1 - front0) / n * 1000,
+        archive_cpu=(archive1 - archive0) / n * 1000,
+    )
+
+
+def client(verify: ssl.SSLContext, headers: dict[str, str], auth: Any = None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        verify=verify,
+        headers={"Accept-Encoding": "identity", **headers},
+        auth=auth,
+        limits=httpx.Limits(max_connections=40, max_keepalive_connections=40),
+        timeout=120,
+    )
 
 
 async def main_async(args: argparse.Namespace, stack: dict[str, Any], password: str) -> int:
+    from dicomweb_cli import login_password
+    from ztstack import volume
+
     run_dir = Path(stack["run_dir"])
-    token = get_token(stack, args.token)
-    ca = ssl.create_default_context(cafile=stack["ca_cert"])
     archive = stack["archive"]
+    ca = ssl.create_default_context(cafile=stack["ca_cert"])
     archive_ctx = ssl.create_default_context(cafile=stack["ca_cert"])
     archive_ctx.load_cert_chain(archive["gateway_client_cert"], archive["gateway_client_key"])
-    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
-    proc, gateway_url = (
-        start_gateway(stack, run_dir) if not args.gateway_url else (None, args.gateway_url)
+    token = (
+        args.token
+        or login_password(
+            stack, "radiologist", "openid user/ImagingStudy.rs user/ImagingStudy.c"
+        ).access_token
     )
-    # identity on both sides: the gateway never compresses, so the archive must not either.
-    plain = {"Accept-Encoding": "identity"}
-    direct = Target(
-        "direct",
-        archive["http_url"] + "/dicom-web",
-        httpx.AsyncClient(
-            headers=plain,
-            verify=archive_ctx,
-            auth=(archive["username"], password),
-            limits=limits,
-            timeout=60,
-        ),
-    )
-    gateway = Target(
-        "gateway",
-        gateway_url + "/dicom-web",
-        httpx.AsyncClient(
-            verify=ca,
-            headers=plain | {"Authorization": f"Bearer {token}"},
-            limits=limits,
-            timeout=60,
-        ),
-    )
+    fronts = Fronts(stack, run_dir)
+    targets: list[Target] = []
     try:
-        studies = (await gateway.client.get(gateway.base + "/studies")).json()
-        largest = max(studies, key=lambda s: int(s.get("00201208", {}).get("Value", [0])[0]))
-        study = largest["0020000D"]["Value"][0]
-        inst = (await gateway.client.get(f"{gateway.base}/studies/{study}/instances")).json()[0]
-        series, sop = inst["0020000E"]["Value"][0], inst["00080018"]["Value"][0]
-        workloads = [
-            Workload("qido", "GET", "/studies"),
-            Workload("metadata", "GET", f"/studies/{study}/metadata"),
-            Workload(
-                "frame",
-                "GET",
-                f"/studies/{study}/series/{series}/instances/{sop}/frames/1",
-                'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+        gateway_url, gateway_pids = fronts.start_gateway()
+        proxy_url, proxy_pids = fronts.start_proxy()
+        auth = (archive["username"], password)
+        targets = [
+            Target("direct", archive["http_url"] + "/dicom-web", client(archive_ctx, {}, auth)),
+            Target(
+                "gateway",
+                gateway_url + "/dicom-web",
+                client(ca, {"Authorization": f"Bearer {token}"}),
+                gateway_pids,
             ),
-            Workload("study", "GET", f"/studies/{study}"),
-            Workload("stow", "POST", "/studies", stow=True),
+            Target("proxy", proxy_url + "/dicom-web", client(ca, {}), proxy_pids),
+        ]
+        study = volume.VOLUME.study_instance_uid
+        axial = volume.axial(160)
+        series, sop = axial.SeriesInstanceUID, axial.SOPInstanceUID
+        multi = volume.multiframe()
+        instance = f"/studies/{study}/series/{series}/instances/{sop}"
+        frames = ",".join(str(i) for i in range(1, 17))
+        workloads = [
+            Workload("qido", "/studies?limit=25"),
+            Workload("study-metadata", f"/studies/{study}/metadata", "application/dicom+json"),
+            Workload("series-metadata", f"/studies/{study}/series/{series}/metadata"),
+            Workload("frame", instance + "/frames/1", FRAMES_ACCEPT),
+            Workload(
+                "frames-16",
+                f"/studies/{study}/series/{multi.SeriesInstanceUID}/instances/"
+                f"{multi.SOPInstanceUID}/frames/{frames}",
+                FRAMES_ACCEPT,
+            ),
+            Workload("instance", instance, PART10_ACCEPT),
+            Workload("rendered", instance + "/rendered", "image/jpeg"),
+            Workload(
+                "series", f"/studies/{study}/series/{series}", PART10_ACCEPT, max_concurrency=8
+            ),
+            Workload("study", f"/studies/{study}", PART10_ACCEPT, max_concurrency=8),
+            Workload("stow", "/studies", stow=True),
         ]
         if args.only:
             workloads = [w for w in workloads if w.name in args.only.split(",")]
-        rows = []
+        rows: list[tuple[str, int, str, Result]] = []
+        archive_pid = int(stack["pids"]["orthanc"])
         for w in workloads:
-            for concurrency in (1, 8):
-                medians: dict[str, tuple[float, float]] = {}
-                for target in (direct, gateway):
-                    await run_once(target, w, concurrency, 0.5, 50)  # warm-up
-                    samples = [
-                        await run_once(target, w, concurrency, args.seconds, 20_000)
-                        for _ in range(args.runs)
-                    ]
-                    medians[target.name] = (
-                        statistics.median(s[0] for s in samples),
-                        statistics.median(s[1] for s in samples),
+            for c in args.concurrency:
+                if c > w.max_concurrency:
+                    continue
+                for t in targets:
+                    if w.stow and t.name == "proxy":
+                        continue  # the proxy adds nothing to a STOW worth a row
+                    await measure(t, w, c, 0.5, 20, archive_pid)  # warm-up
+                    result = await measure(t, w, c, args.seconds, args.max_requests, archive_pid)
+                    rows.append((w.name, c, t.name, result))
+                    print(
+                        f"  {w.name:16s} c={c:<3d} {t.name:8s} {result.rps:8.1f}/s "
+                        f"{result.mbps:8.1f} MB/s p50 {result.p50:7.1f} ms",
+                        file=sys.stderr,
                     )
-                d, g = medians["direct"], medians["gateway"]
-                rows.append((w.name, concurrency, d[0], g[0], g[0] / d[0], d[1], g[1]))
-                print(
-                    f"  {w.name:9s} c={concurrency}  direct {d[0]:8.1f}/s  "
-                    f"gateway {g[0]:8.1f}/s  ratio {g[0] / d[0]:.2f}",
-                    file=sys.stderr,
-                )
-        print_table(rows, args)
+        print_tables(rows, args)
         return 0
     finally:
-        await cleanup(direct)
-        await direct.client.aclose()
-        await gateway.client.aclose()
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for t in targets:
+            if t.name == "direct":
+                await cleanup(t)
+            await t.client.aclose()
+        fronts.stop()
 
 
 async def cleanup(direct: Target) -> None:
-    """Remove the bench study from the archive (Orthanc REST, with the archive's credentials)."""
     root = direct.base.removesuffix("/dicom-web")
     found = (await direct.client.post(root + "/tools/lookup", content=BENCH_STUDY)).json()
     for item in found:
@@ -272,28 +428,43 @@ async def cleanup(direct: Target) -> None:
             await direct.client.delete(f"{root}/studies/{item['ID']}")
 
 
-def print_table(rows: list[tuple[Any, ...]], args: argparse.Namespace) -> None:
+def print_tables(rows: list[tuple[str, int, str, Result]], args: argparse.Namespace) -> None:
     print(
-        f"\nMedians of {args.runs} runs of up to {args.seconds:g} s each "
-        f"(host: {os.cpu_count()} CPUs, loopback).\n"
+        f"\nOne run per cell, up to {args.seconds:g} s or {args.max_requests} requests; "
+        f"host: {os.cpu_count()} CPUs, loopback; CPU = seconds per 1,000 requests from /proc.\n"
     )
-    print(
-        "| workload | concurrency | direct req/s | gateway req/s | gateway/direct | "
-        "direct MB/s | gateway MB/s |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, c, d, g, ratio, dmb, gmb in rows:
-        print(f"| {name} | {c} | {d:.1f} | {g:.1f} | {ratio:.2f} | {dmb:.1f} | {gmb:.1f} |")
+    print("| workload | c | target | req/s | MB/s | p50 ms | p95 ms | front CPU | archive CPU |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for name, c, target, r in rows:
+        print(
+            f"| {name} | {c} | {target} | {r.rps:.1f} | {r.mbps:.1f} | {r.p50:.1f} | "
+            f"{r.p95:.1f} | {r.front_cpu:.2f} | {r.archive_cpu:.2f} |"
+        )
+    by = {(n, c, t): r for n, c, t, r in rows}
+    print("\nRatios (throughput; added p50 latency in ms against direct):\n")
+    print("| workload | c | gateway/direct | gateway/proxy | proxy/direct | added p50 ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, c, target, r in rows:
+        if target != "gateway":
+            continue
+        d, p = by.get((name, c, "direct")), by.get((name, c, "proxy"))
+        gd = f"{r.rps / d.rps:.2f}" if d else "-"
+        gp = f"{r.rps / p.rps:.2f}" if p else "-"
+        pd = f"{p.rps / d.rps:.2f}" if p and d else "-"
+        added = f"{r.p50 - d.p50:.1f}" if d else "-"
+        print(f"| {name} | {c} | {gd} | {gp} | {pd} | {added} |")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--run-dir", default=".run")
     parser.add_argument("--token", help="an access token (default: log in as radiologist)")
-    parser.add_argument("--gateway-url", help="measure this gateway instead of starting one")
-    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--only", help="comma-separated workloads (qido,metadata,frame,study,stow)")
+    parser.add_argument("--max-requests", type=int, default=5000)
+    parser.add_argument(
+        "--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[1, 8, 32]
+    )
+    parser.add_argument("--only", help="comma-separated workload names")
     args = parser.parse_args()
     stack = json.loads((Path(args.run_dir) / "stack.json").read_text())
     password = Path(stack["archive"]["password_file"]).read_text().strip()

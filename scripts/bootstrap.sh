@@ -15,6 +15,7 @@ PYTHON=${PYTHON:-python3}
 # docker-compose (v1, Debian) and kubernetes-client (kubectl kustomize): the offline checks of
 # compose/ and deploy/ (docs/deploy.md); neither needs a Docker engine or a cluster.
 APT_PACKAGES=(orthanc orthanc-dicomweb dcmtk chromium iproute2 nodejs npm ca-certificates gcc libc6-dev
+  nginx-light libnginx-mod-http-headers-more-filter
               docker-compose kubernetes-client)
 
 say() { printf '[bootstrap] %s\n' "$*"; }

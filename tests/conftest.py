@@ -75,6 +75,16 @@ def ca_context(stack: dict[str, Any], client: tuple[str, str] | None = None) -> 
     return ctx
 
 
+def decision_bound(stack: dict[str, Any]) -> int:
+    """Seconds the edge may serve a cached decision (AP-8): 0 without an edge."""
+    import yaml
+
+    settings = Path(stack["run_dir"]) / "gateway" / "settings.yaml"
+    data = yaml.safe_load(settings.read_text(encoding="utf-8"))
+    edge = data.get("edge") or {}
+    return int(edge.get("decision_ttl_seconds", 0))
+
+
 @pytest.fixture(scope="session")
 def https(stack: dict[str, Any]) -> Iterator[httpx.Client]:
     with httpx.Client(verify=ca_context(stack), timeout=30.0) as client:

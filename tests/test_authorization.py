@@ -25,6 +25,7 @@ import yaml
 from pydicom.uid import generate_uid
 from ztstack import demo_data
 
+from tests.conftest import decision_bound
 from tests.dicom_parts import multipart, part10
 from tests.identity_fixtures import webauthn_login
 
@@ -556,6 +557,12 @@ def test_label_change_needs_admin_and_rejects_bad_input(
             _json({"remove": ["research:trial-42"], "reason": "e2e clean-up"}),
         )
         assert removed.status_code == 200
+    # The edge may serve a decision it cached before the change for at most its bound (AP-8);
+    # then the read is refused, and stays refused.
+    deadline = time.monotonic() + decision_bound(stack) + 2
+    while send(https, "GET", url, bearer(researcher)).status_code != 403:
+        assert time.monotonic() < deadline, "the label removal did not apply within the bound"
+        time.sleep(0.5)
     assert send(https, "GET", url, bearer(researcher)).status_code == 403
 
 

@@ -25,34 +25,73 @@ def serve(config_path: str) -> int:
         return 2
     configure_logging()
     os.environ[SETTINGS_ENV] = os.path.abspath(config_path)
-    config = uvicorn.Config(
-        "dicomweb_gateway.app:app_from_env",
-        factory=True,
-        host=settings.listen.host,
-        port=settings.listen.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        ssl_certfile=str(settings.tls.cert),
-        ssl_keyfile=str(settings.tls.key),
-        ssl_context_factory=gateway_ssl_context,
-        server_header=False,
-        date_header=True,
-        access_log=False,
-        log_config=None,
-        proxy_headers=False,  # client addresses come from the socket, never from headers
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=10,
-    )
+    common: dict[str, Any] = {
+        "factory": True,
+        "workers": settings.workers,
+        "loop": "uvloop",
+        "http": "httptools",
+        "server_header": False,
+        "date_header": True,
+        "access_log": False,
+        "log_config": None,
+        "timeout_keep_alive": 30,
+        "timeout_graceful_shutdown": 10,
+    }
+    if settings.listen.uds is not None:
+        # Behind the edge: a Unix socket only nginx can reach (0600 in the run directory), so
+        # the client address nginx writes in X-Forwarded-For is the only one there is.
+        config = uvicorn.Config(
+            "dicomweb_gateway.app:app_from_env",
+            uds=str(settings.listen.uds),
+            proxy_headers=True,
+            forwarded_allow_ips="*",
+            **common,
+        )
+    else:
+        config = uvicorn.Config(
+            "dicomweb_gateway.app:app_from_env",
+            host=settings.listen.host,
+            port=settings.listen.port,
+            ssl_certfile=str(settings.tls.cert),
+            ssl_keyfile=str(settings.tls.key),
+            ssl_context_factory=gateway_ssl_context,
+            proxy_headers=False,  # client addresses come from the socket, never from headers
+            **common,
+        )
     server = uvicorn.Server(config)
+    uds = settings.listen.uds
+    if uds is not None and uds.is_socket():
+        uds.unlink()  # left by a process that was killed; nothing else creates it
+    sock = config.bind_socket()
+    if uds is not None:
+        os.chmod(uds, 0o600)  # uvicorn makes it 0666: only the edge (same user) may connect
     if settings.workers > 1:
         from uvicorn.supervisors import Multiprocess
 
-        sock = config.bind_socket()
         Multiprocess(config, sockets=[sock]).run()
         return 0
-    server.run()
+    server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+def edge_audit(config_path: str) -> int:
+    from .audit import Auditor
+    from .audit.edgelog import EdgeLogAuditor
+    from .observe import configure_logging
+
+    try:
+        settings = load_settings(config_path)
+    except SettingsError as exc:
+        print(f"dicomweb-gateway edge-audit: invalid settings\n{exc}", file=sys.stderr)
+        return 2
+    if settings.edge is None or settings.edge.access_log is None:
+        print("dicomweb-gateway edge-audit: no edge.access_log in the settings", file=sys.stderr)
+        return 2
+    configure_logging()
+    auditor = Auditor.from_settings(settings)
+    assert auditor.store is not None
+    EdgeLogAuditor(auditor.store, auditor.participants, settings.edge.access_log).run()
+    return 0
 
 
 def redirect_app(target: str) -> Callable[[dict[str, Any], Any, Any], Awaitable[None]]:
@@ -122,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     p_redirect.add_argument("--host", default="127.0.0.1")
     p_dimse = sub.add_parser("dimse", help="serve the DIMSE front door (DICOM TLS)")
     p_dimse.add_argument("--config", required=True, help="settings YAML file")
+    p_edge = sub.add_parser("edge-audit", help="the edge's access log into the audit trail")
+    p_edge.add_argument("--config", required=True, help="settings YAML file")
     args = parser.parse_args(argv)
+    if args.command == "edge-audit":
+        return edge_audit(args.config)
     if args.command == "dimse":
         from .dimse import serve as serve_dimse
 

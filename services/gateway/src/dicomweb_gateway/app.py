@@ -108,6 +108,10 @@ def create_app(
     _install_error_handlers(app)
     _install_service_routes(app, settings)
     dicomweb.install(app)
+    if settings.edge is not None:
+        from . import dataplane
+
+        dataplane.install(app)
     _install_optional_routers(app, settings)
     # Outermost last (edge.py): headers on everything, the safe 500, one audit record per
     # request, the body cap before any route or authentication reads, then the path guard.

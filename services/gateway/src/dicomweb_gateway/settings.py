@@ -112,6 +112,16 @@ class _Section(BaseModel):
 class Listen(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8443
+    # Behind the edge (nginx): plain HTTP on this Unix socket only, TLS ends at the edge.
+    uds: Path | None = None
+
+
+class Edge(_Section):
+    """The data plane in front of the gateway (nginx, docs/gateway.md "The data plane")."""
+
+    secret_file: FilePath  # the edge sends it on every decision subrequest
+    decision_ttl_seconds: Annotated[int, Field(ge=0, le=60)] = 10
+    access_log: Path | None = None  # the edge's JSON access log, for `edge-audit`
 
 
 class Tls(_Section):
@@ -253,6 +263,7 @@ class Settings(_Section):
     limits: Limits = Limits()
     viewer: Viewer = Viewer()
     dimse: Dimse | None = None
+    edge: Edge | None = None
 
     @property
     def dicomweb_base(self) -> str:

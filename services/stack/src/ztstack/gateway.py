@@ -74,6 +74,7 @@ def render(
     issuer: str,
     archive_url: str,
     dimse_port: int = 11112,
+    edge: dict[str, Any] | None = None,
     name: str = "settings.yaml",
     overrides: dict[str, Any] | None = None,
 ) -> Path:
@@ -101,6 +102,14 @@ def render(
             },
         },
     )
+    if edge is not None:
+        # Behind the edge: a Unix socket in the run directory, TLS ends at nginx.
+        settings["listen"] = {"host": "127.0.0.1", "port": port, "uds": edge["socket"]}
+        settings["edge"] = {
+            "secret_file": edge["secret_file"],
+            "decision_ttl_seconds": edge["decision_ttl_seconds"],
+            "access_log": edge["access_log"],
+        }
     viewer = settings.get("viewer") or {}
     if viewer.get("dist_dir") and not Path(viewer["dist_dir"]).is_dir():
         viewer["dist_dir"] = None  # OHIF not installed (yet): the gateway serves no viewer
@@ -114,6 +123,10 @@ def render(
 
 def serve_command(python: Path, settings: Path) -> list[str]:
     return [str(python), "-m", "dicomweb_gateway", "serve", "--config", str(settings)]
+
+
+def edge_audit_command(python: Path, settings: Path) -> list[str]:
+    return [str(python), "-m", "dicomweb_gateway", "edge-audit", "--config", str(settings)]
 
 
 def dimse_command(python: Path, settings: Path) -> list[str]:

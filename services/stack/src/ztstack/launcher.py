@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from . import compose, gateway, idp, orthanc, procs, seed, stackfile
+from . import compose, edge, gateway, idp, orthanc, procs, seed, stackfile
 from .errors import StackError
 from .health import get_ok
 from .pki import Pair, ensure_pki
@@ -25,7 +25,8 @@ from .ports import Ports, check_free, choose
 from .rundir import RunDir
 from .secretfiles import ensure_secret
 
-SERVICES = ["orthanc", "idp", "gateway", "gateway-http", "dimse"]
+SERVICES = ["orthanc", "idp", "gateway", "edge", "edge-audit", "gateway-http", "dimse"]
+GATEWAY_PARTS = ("edge", "edge-audit", "gateway-http", "dimse")  # started with the gateway
 
 
 def say(msg: str) -> None:
@@ -121,18 +122,50 @@ def build_services(
         )
     if "gateway" in only:
         python = gateway.check_installed()
+        nginx = edge.check_installed()
+        sock = edge.socket_path(run)
         settings = gateway.render(
             run,
             port=ports.gateway,
             issuer=issuer,
             archive_url=archive_url,
             dimse_port=ports.dimse,
+            edge={
+                "socket": str(sock),
+                "secret_file": str(edge.secret_file(run)),
+                "decision_ttl_seconds": edge.DECISION_TTL_SECONDS,
+                "access_log": str(edge.access_log(run)),
+            },
         )
         services.append(
             procs.Service(
                 "gateway",
                 gateway.serve_command(python, settings),
+                lambda: _uds_ok(sock),
+            )
+        )
+        edge_config = edge.render(
+            run,
+            pki,
+            port=ports.gateway,
+            archive_url=archive_url,
+            archive_username=orthanc.USERNAME,
+            archive_password=password,
+            public_url=gateway_url,
+        )
+        edge.check_config(nginx, edge_config)
+        services.append(
+            procs.Service(
+                "edge",
+                edge.command(nginx, edge_config),
                 lambda: get_ok(f"{gateway_url}/healthz", ca),
+            )
+        )
+        services.append(
+            procs.Service(
+                "edge-audit",
+                gateway.edge_audit_command(python, settings),
+                lambda: True,
             )
         )
         services.append(
@@ -150,6 +183,14 @@ def build_services(
             )
         )
     return services
+
+
+def _uds_ok(path: Path) -> bool:
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), timeout=2.0) as client:
+            return client.get("http://gateway/healthz").status_code == 200
+    except (httpx.HTTPError, OSError):
+        return False
 
 
 def _listening(port: int) -> bool:
@@ -189,7 +230,7 @@ def up(run: RunDir, stack: str, ports_mode: str, only: set[str] | None = None) -
 def up_native(run: RunDir, ports_mode: str, only: set[str] | None = None) -> int:
     started_at = time.monotonic()
     wanted = [s for s in SERVICES if only is None or s in only or
-              (s in ("gateway-http", "dimse") and "gateway" in only)]  # fmt: skip
+              (s in GATEWAY_PARTS and "gateway" in only)]  # fmt: skip
     run.create()
     already = running(run, SERVICES)
     if already and all(s in already for s in wanted):

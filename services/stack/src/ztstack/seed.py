@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from . import demo_data
+from . import demo_data, volume
 from .errors import StackError
 from .health import tls_context
 
@@ -46,4 +46,29 @@ def seed(
                         "read logs/orthanc.log",
                     )
                 uploaded += 1
+        uploaded += _seed_volume(client_)
     return uploaded
+
+
+def _seed_volume(client: httpx.Client) -> int:
+    """The real-sized CT study (volume.py): 320 slices of 512x512 and a multi-frame instance,
+    generated and uploaded a few at a time (numpy and Orthanc overlap)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    found = client.post("/tools/lookup", content=volume.VOLUME.study_instance_uid)
+    found.raise_for_status()
+    if any(hit.get("Type") == "Study" for hit in found.json()):
+        return 0
+
+    def upload(ds: object) -> None:
+        body = demo_data.encode(ds)  # type: ignore[arg-type]
+        r = client.post("/instances", content=body, headers={"Content-Type": "application/dicom"})
+        if r.status_code != 200:
+            raise StackError(
+                f"seeding the CT volume failed: HTTP {r.status_code} {r.text[:200]}",
+                "read logs/orthanc.log",
+            )
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(upload, volume.instances()))
+    return volume.SLICES + 1
