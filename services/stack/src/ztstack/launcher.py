@@ -7,6 +7,7 @@ next starts, and any failure tears down exactly what this `up` started.
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 import socket
 import subprocess
@@ -228,9 +229,30 @@ def up(run: RunDir, stack: str, ports_mode: str, only: set[str] | None = None) -
         raise
     data = stackfile.build(run, ports, pki, idp.issuer(ports.idp), idp.demo_credentials(run), pids)
     stackfile.write(run, data)
+    if "gateway" in pids:
+        sync_inventory(run, data.get("clients", {}))
     say(f"ready in {time.monotonic() - started_at:.1f} s; wrote {run.stack_json}")
     print_summary(data)
     return 0
+
+
+def sync_inventory(run: RunDir, clients: dict[str, Any]) -> None:
+    """Give the gateway's device inventory (DV-3) the IdP's clients: id, grant types, scopes
+    (never keys); the DIMSE front door adds its devices itself when it starts."""
+    path = run.gateway / "clients.json"
+    listed = {
+        cid: {"grant_types": c.get("grant_types", []), "scopes": c.get("scopes", [])}
+        for cid, c in clients.items()
+    }
+    path.write_text(json.dumps(listed, indent=2) + "\n", encoding="utf-8")
+    python = gateway.check_installed()
+    done = subprocess.run(
+        [str(python), "-m", "dicomweb_gateway", "devices", "sync", "--config",
+         str(run.gateway / "settings.yaml"), "--clients", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        say(f"device inventory not synced: {done.stderr.strip()[-300:]}")
 
 
 def print_summary(data: dict[str, Any]) -> None:
