@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .probes import Association, HttpAnswer, TlsInfo
+from .probes import Association, HttpAnswer, TlsInfo, _is_ip
 from .targets import Target
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
@@ -275,7 +275,7 @@ def analyse_tls(ep: Endpoint) -> list[Finding]:
             out.append(finding(label, "tls-certificate-untrusted", cert.chain_error))
         if cert.names_target is False:
             # By address, a scanner cannot know the name clients use: informational.
-            by_ip = label.split(":")[0].replace(".", "").isdigit() or "[" in label
+            by_ip = _is_ip(ep.target.name)
             out.append(
                 finding(
                     label,
@@ -296,6 +296,11 @@ def analyse_tls(ep: Endpoint) -> list[Finding]:
     return out
 
 
+def shown(path: str) -> str:
+    """A probe path as reports show it (the WADO probe's made-up UIDs are noise)."""
+    return path if len(path) <= 40 else path.split("&", 1)[0] + "&..."
+
+
 def _opened(answer: HttpAnswer) -> bool:
     """Answered with content without asking for credentials."""
     return answer.status is not None and 200 <= answer.status < 300
@@ -314,16 +319,18 @@ def analyse_http(ep: Endpoint, tls: bool) -> list[Finding]:
         if not _opened(a) and not wado_lookup:
             continue
         if "studies" in a.path:
-            out.append(finding(label, "dicomweb-open", f"GET {a.path} -> {a.status}"))
+            out.append(finding(label, "dicomweb-open", f"GET {shown(a.path)} -> {a.status}"))
         elif a.path.startswith("/wado"):
-            out.append(finding(label, "wado-open", f"GET {a.path} -> {a.status}"))
+            out.append(finding(label, "wado-open", f"GET {shown(a.path)} -> {a.status}"))
         else:
-            out.append(finding(label, "console-open", f"GET {a.path} -> {a.status}"))
+            out.append(finding(label, "console-open", f"GET {shown(a.path)} -> {a.status}"))
     for a in creds:
         if a.status is not None and 200 <= a.status < 300:
             out.append(
                 finding(
-                    label, "default-credentials", f"GET {a.path} as {a.credentials} -> {a.status}"
+                    label,
+                    "default-credentials",
+                    f"GET {shown(a.path)} as {a.credentials} -> {a.status}",
                 )
             )
     answered = [a for a in plain if a.status is not None]
@@ -337,7 +344,7 @@ def analyse_http(ep: Endpoint, tls: bool) -> list[Finding]:
         else:
             out.append(finding(label, "http-plaintext", f"{len(answered)} answers over plain HTTP"))
     if tls and answered:
-        missing = [a.path for a in answered if a.hsts is None]
+        missing = [shown(a.path) for a in answered if a.hsts is None]
         if missing:
             out.append(finding(label, "hsts-missing", ", ".join(missing[:4])))
         else:
@@ -347,7 +354,7 @@ def analyse_http(ep: Endpoint, tls: bool) -> list[Finding]:
     banners = sorted({a.server for a in answered if a.server})
     if banners:
         out.append(finding(label, "server-banner", ", ".join(banners)))
-    challenged = sorted({f"{a.path} ({a.status})" for a in plain if a.status in (401, 403)})
+    challenged = sorted({f"{shown(a.path)} ({a.status})" for a in plain if a.status in (401, 403)})
     if challenged:
         out.append(finding(label, "http-credentials-required", ", ".join(challenged)))
     return out

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from .findings import SEVERITIES, Endpoint, Finding, rank
+from .findings import SEVERITIES, Endpoint, Finding, rank, shown
 
 COLOURS = {
     "info": "\033[36m",
@@ -147,7 +147,7 @@ def markdown(meta: dict[str, Any], endpoints: list[Endpoint]) -> str:
             for a in ep.http:
                 status = str(a.status) if a.status is not None else a.error
                 lines.append(
-                    f"| {_cell(a.path)} | {status} | {a.credentials or '-'} "
+                    f"| {_cell(shown(a.path))} | {status} | {a.credentials or '-'} "
                     f"| {_cell(a.server) or '-'} | {_cell(a.content_type) or '-'} |"
                 )
         if ep.dicom:
