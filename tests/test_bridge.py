@@ -15,6 +15,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,28 @@ def bridge(stack: dict[str, Any], modality: Namespace) -> Iterator[dict[str, Any
     finally:
         removed = ztstack("bridge", "remove", "--run-dir", run_dir, "--name", LEGACY)
         assert removed.returncode == 0, removed.stdout + removed.stderr
+        settle(stack)
+
+
+STORED_AT: list[float] = []
+STABLE_AGE = 5  # orthanc.json StableAge: the change feed reports new studies this much later
+
+
+def settle(stack: dict[str, Any]) -> None:
+    """Let the gateway's change feed finish with the studies stored here (it reads them from
+    the archive once they are stable), so later tests' "the archive saw nothing" holds."""
+    if not STORED_AT:
+        return
+    log = Path(stack["archive"]["request_log"])
+    time.sleep(max(0.0, STORED_AT[-1] + STABLE_AGE + 2 - time.monotonic()))
+    deadline, size, quiet_since = time.monotonic() + 30, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now_size = log.stat().st_size if log.exists() else 0
+        if now_size != size:
+            size, quiet_since = now_size, time.monotonic()
+        elif time.monotonic() - quiet_since >= 3:
+            return
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +126,11 @@ def audit(settings: dict[str, Any]) -> Iterator[AuditStore]:
 def audit_mark(settings: dict[str, Any]) -> int:
     db = settings["audit"]["database_url"].removeprefix("sqlite:///")
     with sqlite3.connect(db) as conn:
-        return int(conn.execute("SELECT coalesce(max(seq), 0) FROM audit_record").fetchone()[0])
+        try:
+            row = conn.execute("SELECT coalesce(max(seq), 0) FROM audit_record").fetchone()
+        except sqlite3.OperationalError:  # a fresh stack: nothing audited yet, no table yet
+            return 0
+        return int(row[0])
 
 
 def since(audit: AuditStore, mark: int) -> list[dict[str, Any]]:
@@ -178,6 +205,7 @@ def test_a_legacy_modality_stores_through_the_bridge(
     files = instances(tmp_path, 2)
     mark = audit_mark(settings)
     done = dcmtk(modality, "storescu", LEGACY_AET, bridge, *(p for p, _ in files))
+    STORED_AT.append(time.monotonic())
     assert done.returncode == 0, done.stdout + done.stderr
     for _, ds in files:
         assert stored(archive, ds.SOPInstanceUID)

@@ -31,6 +31,7 @@ import ssl
 import sys
 import tempfile
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -76,6 +77,7 @@ APPLICATION_SERVER_PROCESS = "4"  # AuditSourceTypeCode
 
 SUCCESS = 0x0000
 PROCESSING_FAILURE = 0x0110
+UPSTREAM_ATTEMPTS = 4
 
 
 @dataclass
@@ -436,22 +438,27 @@ class Bridge:
         ]
         ae = AE(ae_title=self.device.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.dimse.timeout_seconds
-        try:
-            assoc = ae.associate(
-                self.door_host,
-                self.dimse.port,
-                contexts=contexts,
-                ae_title=self.dimse.ae_title,
-                tls_args=(self.tls_context(), self.door_host),
-                bind_address=(self.device.source_host, 0),
-            )
-        except (ssl.SSLError, OSError) as exc:
-            log.error("the front door refused the bridge: %r", exc)
-            self.audit.refused(
-                self.peer(event), f"forwarding failed: {exc!r}", Outcome.SERIOUS_FAILURE
-            )
-            return None
-        if not assoc.is_established:
+        assoc = None
+        for attempt in range(UPSTREAM_ATTEMPTS):  # the door may be restarting (new devices)
+            try:
+                assoc = ae.associate(
+                    self.door_host,
+                    self.dimse.port,
+                    contexts=contexts,
+                    ae_title=self.dimse.ae_title,
+                    tls_args=(self.tls_context(), self.door_host),
+                    bind_address=(self.device.source_host, 0),
+                )
+            except (ssl.SSLError, OSError) as exc:
+                log.error("the front door refused the bridge: %r", exc)
+                self.audit.refused(
+                    self.peer(event), f"forwarding failed: {exc!r}", Outcome.SERIOUS_FAILURE
+                )
+                return None
+            if assoc.is_established or assoc.is_rejected:
+                break
+            time.sleep(0.5 * (attempt + 1))  # not connected (refused, reset): try again
+        if assoc is None or not assoc.is_established:
             self.audit.refused(
                 self.peer(event),
                 "the front door did not accept the bridge",

@@ -360,7 +360,9 @@ def _restart_door_and_bridges(run: RunDir, start_bridge: str | None) -> dict[str
     if procs.read_pid(run, "dimse") is not None:
         procs.stop(run, "dimse")
         door = procs.Service(
-            "dimse", gateway.dimse_command(python, settings), lambda: _listening(ports.dimse)
+            "dimse",
+            gateway.dimse_command(python, settings),
+            lambda: _bound("127.0.0.1", ports.dimse),
         )
         pids["dimse"] = procs.start(run, door)
         procs.wait_healthy(run, door, pids["dimse"])
