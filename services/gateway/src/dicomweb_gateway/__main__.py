@@ -122,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     p_redirect.add_argument("--host", default="127.0.0.1")
     p_dimse = sub.add_parser("dimse", help="serve the DIMSE front door (DICOM TLS)")
     p_dimse.add_argument("--config", required=True, help="settings YAML file")
+    sub.add_parser("exposure", help="check which endpoints are exposed (docs/exposure.md)",
+                   add_help=False)  # fmt: skip
+    sub.add_parser("bridge", help="TLS bridge for one legacy modality (docs/exposure.md)",
+                   add_help=False)  # fmt: skip
+    sub.add_parser("devices", help="the device inventory (docs/exposure.md)", add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("exposure", "bridge", "devices"):
+        return _delegate(argv[0], argv[1:])
     args = parser.parse_args(argv)
     if args.command == "dimse":
         from .dimse import serve as serve_dimse
@@ -138,6 +146,21 @@ def main(argv: list[str] | None = None) -> int:
         print("settings ok")
         return 0
     return redirect(args.port, args.target, args.host)
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    """Subcommands with their own argument parsers."""
+    if command == "exposure":
+        from .exposure import main as exposure_main
+
+        return exposure_main(argv)
+    if command == "bridge":
+        from .bridge import main as bridge_main
+
+        return bridge_main(argv)
+    from .devices import main as devices_main
+
+    return devices_main(argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,15 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ..policy import StudyFacts
-from .models import BreakGlassGrant, FeedCursor, LabelChange, Study, StudyLabel, UidClaim
+from .models import (
+    BreakGlassGrant,
+    DeviceRecord,
+    FeedCursor,
+    LabelChange,
+    Study,
+    StudyLabel,
+    UidClaim,
+)
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _SQLITE_TIMEOUT_SECONDS = 15  # several gateway workers share one SQLite file
@@ -372,6 +380,65 @@ class PolicyStore:
                 session.add(FeedCursor(name=name, last_seq=last_seq))
             elif last_seq > row.last_seq:
                 row.last_seq = last_seq
+
+    # -- device inventory (DV-3) ---------------------------------------------------------------
+
+    _REGISTRATION = (
+        "kind",
+        "ae_title",
+        "host",
+        "client_id",
+        "scopes",
+        "permissions",
+        "tls",
+        "certificate_sha256",
+        "certificate_not_after",
+    )
+
+    async def sync_devices(
+        self, entries: list[dict[str, Any]], kinds: Iterable[str], now: datetime
+    ) -> None:
+        """Upsert the registered peers (keys of `_REGISTRATION` plus `name`); a known peer of
+        one of `kinds` missing from `entries` stays listed, as no longer registered."""
+        kinds = set(kinds)
+        async with self._session.begin() as session:
+            known = {r.name: r for r in await session.scalars(select(DeviceRecord))}
+            names = set()
+            for entry in entries:
+                names.add(entry["name"])
+                row = known.get(entry["name"])
+                if row is None:
+                    row = DeviceRecord(name=entry["name"])
+                    session.add(row)
+                for key in self._REGISTRATION:
+                    setattr(row, key, entry.get(key))
+                row.registered, row.updated_at = True, now
+            for name, row in known.items():
+                if name not in names and row.kind in kinds and row.registered:
+                    row.registered, row.updated_at = False, now
+
+    async def device_seen(
+        self, name: str, what: str, address: str, tls: str | None, now: datetime
+    ) -> None:
+        """The door saw `name` (what: association | echo | store) succeed."""
+        async with self._session.begin() as session:
+            row = await session.get(DeviceRecord, name)
+            if row is None:
+                return
+            row.last_seen_at, row.last_address = now, address[:64]
+            if tls:
+                row.last_tls = tls[:100]
+            if what == "echo":
+                row.last_echo_at = now
+            elif what == "store":
+                row.last_store_at = now
+
+    async def devices(self) -> list[DeviceRecord]:
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(DeviceRecord).order_by(DeviceRecord.kind, DeviceRecord.name)
+            )
+            return list(rows)
 
 
 def _history(

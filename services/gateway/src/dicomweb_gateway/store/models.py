@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, ForeignKey, Integer, String, Text
+from sqlalchemy import Boolean, DateTime, Dialect, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -113,3 +113,29 @@ class UidClaim(Base):
     study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), index=True)
     series_instance_uid: Mapped[str | None] = mapped_column(String(UID_LENGTH))
     patient_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class DeviceRecord(Base):
+    """A DICOM or DICOMweb peer of the deployment (DV-3): what it is, what it may do, when it
+    was last seen. Registered entries come from the settings (DIMSE devices, legacy devices
+    behind a bridge) and the identity provider's clients; `last_*` from the DIMSE front door."""
+
+    __tablename__ = "device_inventory"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # dimse | legacy | dicomweb
+    ae_title: Mapped[str | None] = mapped_column(String(16))
+    host: Mapped[str | None] = mapped_column(String(64))
+    client_id: Mapped[str] = mapped_column(String(128))
+    scopes: Mapped[str] = mapped_column(Text)  # space-separated
+    permissions: Mapped[str] = mapped_column(Text)  # JSON list of sentences
+    tls: Mapped[str] = mapped_column(String(200))
+    certificate_sha256: Mapped[str | None] = mapped_column(String(64))
+    certificate_not_after: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    registered: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_echo_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_store_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_address: Mapped[str | None] = mapped_column(String(64))
+    last_tls: Mapped[str | None] = mapped_column(String(100))
