@@ -15,6 +15,7 @@ The archive's credentials and client certificate are injected in exactly one pla
 
 from __future__ import annotations
 
+import hashlib
 import re
 import ssl
 import time
@@ -294,6 +295,14 @@ class OrthancArchive:
                 "upstream error",
                 f"archive DELETE {path} -> {response.status_code}",
             )
+
+
+def study_resource_id(patient_id: str, study_instance_uid: str) -> str:
+    """Orthanc's own id of a study: SHA-1 of "PatientID|StudyInstanceUID", in five groups of
+    eight hex digits (Orthanc's DicomInstanceHasher); lets the index follow `/changes`."""
+    key = f"{patient_id}|{study_instance_uid}".encode()
+    digest = hashlib.sha1(key, usedforsecurity=False).hexdigest()
+    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, delete, event, select, text
+from sqlalchemy import create_engine, delete, event, or_, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -364,6 +364,40 @@ class PolicyStore:
         async with self._session() as session:
             row = await session.get(FeedCursor, name)
             return row.last_seq if row else 0
+
+    async def put_cursor(self, name: str, value: int) -> None:
+        """Set a named position exactly (the reconciliation pass keeps its state here)."""
+        async with self._session.begin() as session:
+            row = await session.get(FeedCursor, name)
+            if row is None:
+                session.add(FeedCursor(name=name, last_seq=value))
+            else:
+                row.last_seq = value
+
+    async def lease(self, name: str, previous: int | None, until: int, now: int) -> bool:
+        """Take or renew a lease (one worker maintains the index): the row holds its expiry.
+
+        Renewing compares with the expiry this holder wrote (`previous`); taking needs an
+        expired one. One conditional UPDATE, so two workers cannot both win.
+        """
+        try:
+            async with self._session.begin() as session:
+                condition = FeedCursor.last_seq < now
+                if previous is not None:
+                    condition = or_(condition, FeedCursor.last_seq == previous)
+                result = await session.execute(
+                    update(FeedCursor)
+                    .where(FeedCursor.name == name, condition)
+                    .values(last_seq=until)
+                )
+                if int(getattr(result, "rowcount", 0) or 0) == 1:
+                    return True
+                if await session.get(FeedCursor, name) is None:
+                    session.add(FeedCursor(name=name, last_seq=until))
+                    return True
+                return False
+        except IntegrityError:
+            return False
 
     async def set_cursor(self, name: str, last_seq: int) -> None:
         async with self._session.begin() as session:
