@@ -72,7 +72,7 @@ def study_facts(n: int) -> dict[str, Any]:
         "trial": n % 10 == 0,
         "patient": "ZT-P001" if n % 97 == 0 else f"ZT-S{n // 3:06d}",
         "date": f"{2015 + n % 10}{1 + n % 12:02d}{1 + n % 28:02d}",
-        "modality": ("CT", "MR", "CR", "US")[n % 4],
+        "modality": ("CT", "MR", "CR", "US")[(n // 2) % 4],
     }
 
 
@@ -269,7 +269,7 @@ def queries(offset: int) -> dict[str, str]:
         "worklist": f"/studies?{WORKLIST}",
         "deep": f"/studies?{WORKLIST.replace('offset=0', f'offset={offset}')}",
         "patient": "/studies?PatientID=ZT-S000100",
-        "dates": "/studies?StudyDate=20200301-20200331&limit=101",
+        "dates": "/studies?StudyDate=20200101-20200630&limit=101",
         "series": "/series?Modality=CT&limit=25",
         "instances": "/instances?PatientID=ZT-S000100&limit=25",
     }

@@ -66,7 +66,7 @@ async def search_index(
         )
         if not page:
             return []
-        return await _fetch(archive, authorizer, ctx, transaction, query, page, (), indexed)
+        return await _fetch(archive, authorizer, ctx, transaction, query, page, ())
     archive_matches = [(k, v) for k, v in residual if k not in _OWNED_KEYS]
     # Series/instance UIDs named in the query: walk only the studies that own them.
     owned: set[str] | None = None
@@ -80,14 +80,17 @@ async def search_index(
         if not owned:
             return []
         indexed = _narrow(indexed, owned)
+    # A series' Modality is one of its study's ModalitiesInStudy: walk only those studies
+    # (the archive still matches Modality itself).
+    for keyword, value in archive_matches:
+        if keyword == "Modality" and value not in ("", "*"):
+            indexed = (*indexed, ("ModalitiesInStudy", value))
     found: list[dict[str, Any]] = []
     skip = query.offset
     async for batch in authorizer.scan_studies(
         ctx, Action.SEARCH, indexed, query.fuzzymatching, batch=SCAN_BATCH
     ):
-        items = await _fetch(
-            archive, authorizer, ctx, transaction, query, batch, archive_matches, indexed
-        )
+        items = await _fetch(archive, authorizer, ctx, transaction, query, batch, archive_matches)
         for item in items:
             if skip:
                 skip -= 1
@@ -117,14 +120,15 @@ async def _fetch(
     query: QidoQuery,
     studies: list[str],
     archive_matches: Iterable[tuple[str, str]],
-    indexed: Iterable[tuple[str, str]],
 ) -> list[dict[str, Any]]:
     """The archive's answer for these (permitted) studies, in their order, then by UID."""
     archive_matches = tuple(archive_matches)
     # Matching keys are returned (PS3.18 8.3.4.3) even when the index, not the archive,
     # matched them.
-    returned = tuple(k for k, _ in indexed if k != "StudyInstanceUID")
-    chunks = [studies[i : i + UIDS_PER_QUERY] for i in range(0, len(studies), UIDS_PER_QUERY)]
+    sent = {k for k, _ in archive_matches} | {"StudyInstanceUID"}
+    returned = tuple(k for k, _ in query.matches if k not in sent)
+    count = -(-len(studies) // UIDS_PER_QUERY)  # balanced chunks of at most UIDS_PER_QUERY
+    chunks = [studies[i::count] for i in range(count)]
     ctx.forwarded = True
     answers = await asyncio.gather(
         *(
