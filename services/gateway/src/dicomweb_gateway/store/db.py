@@ -252,6 +252,44 @@ class PolicyStore:
                     raise
         raise AssertionError("unreachable")
 
+    async def record_ingest_many(
+        self, studies: Iterable[tuple[str, str | None, Iterable[str]]], via: str
+    ) -> None:
+        """`record_ingest` for many studies in one transaction (the index's batches); a study
+        the store already knows is left as it is. Falls back to one at a time on a race."""
+        wanted = {uid: (patient, frozenset(labels)) for uid, patient, labels in studies}
+        if not wanted:
+            return
+        now = datetime.now(UTC)
+        try:
+            async with self._session.begin() as session:
+                known = set()
+                for chunk in _chunks(sorted(wanted), 500):
+                    known |= set(
+                        await session.scalars(
+                            select(Study.study_instance_uid).where(
+                                Study.study_instance_uid.in_(chunk)
+                            )
+                        )
+                    )
+                for uid in sorted(set(wanted) - known):
+                    patient, labels = wanted[uid]
+                    session.add(
+                        Study(
+                            study_instance_uid=uid,
+                            patient_id=patient,
+                            source=via,
+                            created_at=now,
+                            labels=[StudyLabel(label=label) for label in sorted(labels)],
+                        )
+                    )
+                    update = LabelUpdate(uid, frozenset(), labels)
+                    if update.added:
+                        session.add(_history(update, via, via, "ingest rules", now))
+        except IntegrityError:
+            for uid, (patient, labels) in wanted.items():
+                await self.record_ingest(uid, patient, labels, via)
+
     async def change_labels(
         self, uid: str, add: Iterable[str], remove: Iterable[str], changed_by: str, reason: str
     ) -> LabelUpdate:

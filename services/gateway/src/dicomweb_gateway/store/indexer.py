@@ -21,11 +21,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 from .db import Claim, PolicyStore
-from .feed import DELETED, STUDY_CHANGES, ArchiveSource, ArchiveStudy, ingest
+from .feed import DELETED, STUDY_CHANGES, ArchiveSource, ArchiveStudy
 from .index import IndexEntry, StudyIndex
 from .ingest import IngestRules
 
@@ -79,16 +80,29 @@ class Indexer:
         # Labels, once, for studies the policy store does not know yet (ingest rules).
         new = [uid for uid, f in facts.items() if not f.known]
 
-        async def label(uid: str) -> None:
+        async def attributes_of(uid: str) -> Mapping[str, Any] | None:
             first = contents[uid].first_instance
-            attributes = None
-            if first is not None:
-                async with self._limit:
-                    attributes = await self.source.instance_attributes(first)
-            if attributes is not None:
-                await ingest(self.store, self.rules, attributes, "change-feed")
+            if first is None:
+                return None
+            async with self._limit:
+                return await self.source.instance_attributes(first)
 
-        await asyncio.gather(*(label(uid) for uid in new))
+        found = await asyncio.gather(*(attributes_of(uid) for uid in new))
+        labelled = []
+        for attributes in found:
+            if attributes is None:
+                continue
+            uid = str(attributes.get("StudyInstanceUID") or "").strip()
+            if uid in by_uid:
+                patient = attributes.get("PatientID")
+                labelled.append(
+                    (
+                        uid,
+                        str(patient).strip() if patient else None,
+                        self.rules.labels_for(attributes),
+                    )
+                )
+        await self.store.record_ingest_many(labelled, "change-feed")
         claims: list[Claim] = []
         entries: list[IndexEntry] = []
         for uid, study in by_uid.items():
