@@ -26,6 +26,7 @@ import io
 import json
 import os
 import platform
+import signal
 import sqlite3
 import ssl
 import statistics
@@ -386,17 +387,20 @@ def main() -> int:
     parser.add_argument("--run-dir", help="a run directory to use (default: a new temporary one)")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     args = parser.parse_args()
+    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so the stack is stopped in `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     wanted = sorted(int(s) for s in args.sizes.split(",") if s.strip())
     run_dir = Path(args.run_dir or tempfile.mkdtemp(prefix="zt-scale-"))
     ztstack("up", "--stack", "native", "--ports", "auto", "--run-dir", str(run_dir))
-    stack = json.loads((run_dir / "stack.json").read_text())
-    password = Path(stack["archive"]["password_file"]).read_text().strip()
-    demo = 8  # the demo studies the stack seeds
-    proc, gateway_url = start_gateway(stack, run_dir)
     report: list[str] = []
     summary: list[str] = []
     loaded = 0
+    proc = None
     try:
+        stack = json.loads((run_dir / "stack.json").read_text())
+        password = Path(stack["archive"]["password_file"]).read_text().strip()
+        demo = 8  # the demo studies the stack seeds
+        proc, gateway_url = start_gateway(stack, run_dir)
         for size in wanted:
             print(f"== {size:,} studies", file=sys.stderr)
             load_s = load(stack, password, loaded, size, args.threads)
@@ -413,8 +417,9 @@ def main() -> int:
             report += [*table(size, rows), ""]
             print("\n".join(table(size, rows)))
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
         if not args.keep:
             ztstack("down", "--run-dir", str(run_dir))
     text = [

@@ -356,6 +356,5 @@ async def delete(request: Request, ctx: RequestContext, resource: Resource) -> R
     # Exactly the authorized resource: this study's series, never every series with that UID.
     if not await archive.delete(study, series, owner.patient_id):
         raise not_found(f"{series or study} vanished before delete")
-    archive.forget(study)
     await state.authorizer.on_deleted(study, series)
     return Response(status_code=204)
