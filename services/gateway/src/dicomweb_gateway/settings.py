@@ -175,6 +175,8 @@ class Policy(_Section):
     file: Path
     ingest_rules_file: Path | None = None
     change_feed_interval_seconds: Annotated[float, Field(gt=0)] = 2
+    # The study index's reconciliation pass over the whole archive (docs/policy.md).
+    reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 600
 
 
 class Syslog(_Section):

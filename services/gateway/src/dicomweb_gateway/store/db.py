@@ -17,7 +17,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, delete, event, select, text
+from sqlalchemy import create_engine, delete, event, or_, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -260,6 +260,44 @@ class PolicyStore:
                     raise
         raise AssertionError("unreachable")
 
+    async def record_ingest_many(
+        self, studies: Iterable[tuple[str, str | None, Iterable[str]]], via: str
+    ) -> None:
+        """`record_ingest` for many studies in one transaction (the index's batches); a study
+        the store already knows is left as it is. Falls back to one at a time on a race."""
+        wanted = {uid: (patient, frozenset(labels)) for uid, patient, labels in studies}
+        if not wanted:
+            return
+        now = datetime.now(UTC)
+        try:
+            async with self._session.begin() as session:
+                known = set()
+                for chunk in _chunks(sorted(wanted), 500):
+                    known |= set(
+                        await session.scalars(
+                            select(Study.study_instance_uid).where(
+                                Study.study_instance_uid.in_(chunk)
+                            )
+                        )
+                    )
+                for uid in sorted(set(wanted) - known):
+                    patient, labels = wanted[uid]
+                    session.add(
+                        Study(
+                            study_instance_uid=uid,
+                            patient_id=patient,
+                            source=via,
+                            created_at=now,
+                            labels=[StudyLabel(label=label) for label in sorted(labels)],
+                        )
+                    )
+                    update = LabelUpdate(uid, frozenset(), labels)
+                    if update.added:
+                        session.add(_history(update, via, via, "ingest rules", now))
+        except IntegrityError:
+            for uid, (patient, labels) in wanted.items():
+                await self.record_ingest(uid, patient, labels, via)
+
     async def change_labels(
         self, uid: str, add: Iterable[str], remove: Iterable[str], changed_by: str, reason: str
     ) -> LabelUpdate:
@@ -372,6 +410,40 @@ class PolicyStore:
         async with self._session() as session:
             row = await session.get(FeedCursor, name)
             return row.last_seq if row else 0
+
+    async def put_cursor(self, name: str, value: int) -> None:
+        """Set a named position exactly (the reconciliation pass keeps its state here)."""
+        async with self._session.begin() as session:
+            row = await session.get(FeedCursor, name)
+            if row is None:
+                session.add(FeedCursor(name=name, last_seq=value))
+            else:
+                row.last_seq = value
+
+    async def lease(self, name: str, previous: int | None, until: int, now: int) -> bool:
+        """Take or renew a lease (one worker maintains the index): the row holds its expiry.
+
+        Renewing compares with the expiry this holder wrote (`previous`); taking needs an
+        expired one. One conditional UPDATE, so two workers cannot both win.
+        """
+        try:
+            async with self._session.begin() as session:
+                condition = FeedCursor.last_seq < now
+                if previous is not None:
+                    condition = or_(condition, FeedCursor.last_seq == previous)
+                result = await session.execute(
+                    update(FeedCursor)
+                    .where(FeedCursor.name == name, condition)
+                    .values(last_seq=until)
+                )
+                if int(getattr(result, "rowcount", 0) or 0) == 1:
+                    return True
+                if await session.get(FeedCursor, name) is None:
+                    session.add(FeedCursor(name=name, last_seq=until))
+                    return True
+                return False
+        except IntegrityError:
+            return False
 
     async def set_cursor(self, name: str, last_seq: int) -> None:
         async with self._session.begin() as session:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_devices"
-down_revision = "0002"
+down_revision = "0003"
 
 
 def upgrade() -> None:
