@@ -37,8 +37,11 @@ lint: bootstrap ## ruff and mypy (strict for the gateway); `make test` runs it f
 bench: bootstrap ## Benchmark the gateway against the archive accessed directly
 	@$(PY) scripts/bench.py --run-dir $(RUN_DIR)
 
+scale: bootstrap ## Search at scale: N synthetic studies (SCALE_SIZES=1000,10000), direct vs gateway
+	@SCALE_SIZES=$(or $(SCALE_SIZES),1000,10000,100000) $(PY) scripts/scale.py
+
 lock: ## Re-resolve Python pins into requirements/constraints.txt
 	@$(VENV)/bin/pip install -q -r requirements/base.in && \
 	 $(VENV)/bin/pip freeze --all --exclude-editable | grep -v "^pip==" > requirements/constraints.txt
 
-.PHONY: help bootstrap up down status logs test lint bench lock
+.PHONY: help bootstrap up down status logs test lint bench scale lock

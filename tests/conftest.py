@@ -107,8 +107,18 @@ class ArchiveLog:
     request triggers; `since(mark, everything=True)` keeps it.
     """
 
-    # (method, URI prefix): the gateway's change feed poll (policy.change_feed_interval_seconds).
-    BACKGROUND = (("GET", "/changes"),)
+    # (method, URI prefix): the gateway's index maintenance (docs/policy.md, "Study index"):
+    # the change feed poll (policy.change_feed_interval_seconds), the reading of new or changed
+    # studies by the archive's own ids (`/studies/{id}`, `/instances/{id}/simplified-tags`,
+    # `/tools/find` with the UIDs in its body) and the reconciliation pass (`/studies?expand`,
+    # `/statistics`). None of these URIs can name a UID; requests no test triggered.
+    BACKGROUND = (
+        ("GET", "/changes"),
+        ("GET", "/studies"),
+        ("GET", "/instances/"),
+        ("GET", "/statistics"),
+        ("POST", "/tools/find"),
+    )
 
     def __init__(self, path: Path) -> None:
         self.path = path

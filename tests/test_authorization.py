@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 from pydicom.uid import generate_uid
-from ztstack import demo_data
+from ztstack import demo_data, volume
 
 from tests.conftest import decision_bound
 from tests.dicom_parts import multipart, part10
@@ -34,9 +34,12 @@ pytestmark = pytest.mark.e2e
 CORPUS = yaml.safe_load((Path(__file__).parent / "attack-corpus" / "authz.yaml").read_text())
 MFA, PWD, PHR = "urn:zt:acr:mfa", "urn:zt:acr:pwd", "urn:zt:acr:phr"
 RS, C, D = "user/ImagingStudy.rs", "user/ImagingStudy.c", "user/ImagingStudy.d"
-STUDIES = {s.key: s for s in demo_data.STUDIES}
+# The demo studies and the real-sized CT volume (ztstack/volume.py: North General, ZT-P001).
+STUDIES = {s.key: s for s in (*demo_data.STUDIES, volume.VOLUME)}
 ALL = frozenset(STUDIES)
-NORTH = frozenset({"p001-ct-chest", "p001-mr-brain", "p003-ct-chest", "p003-mr-brain"})
+NORTH = frozenset(
+    {"p001-ct-chest", "p001-mr-brain", "p003-ct-chest", "p003-mr-brain", "p001-ct-head-volume"}
+)
 SOUTH = frozenset({"p002-ct-abdomen", "p002-mr-knee"})
 SHARED = "p001-ct-chest"  # the one study of the narrowed token
 
@@ -75,7 +78,7 @@ CALLERS = {
         Caller(
             "portal-patient",
             _user("portal-patient", "patient/ImagingStudy.rs"),
-            frozenset({"p001-ct-chest", "p001-mr-brain"}),
+            frozenset({"p001-ct-chest", "p001-mr-brain", "p001-ct-head-volume"}),
         ),
         Caller("modality-ct1", _device("modality-ct1", "system/ImagingStudy.c"), frozenset()),
         Caller(

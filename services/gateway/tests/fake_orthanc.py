@@ -28,6 +28,60 @@ class FakeOrthanc:
             }
         )
 
+    def remove_study(self, orthanc_id: str) -> None:
+        del self.studies[orthanc_id]
+        self.changes.append(
+            {
+                "Seq": len(self.changes) + 1,
+                "ChangeType": "Deleted",
+                "ResourceType": "Study",
+                "ID": orthanc_id,
+                "Path": f"/studies/{orthanc_id}",
+            }
+        )
+
+    def expanded(self, oid: str) -> dict[str, Any]:
+        tags = self.studies[oid]
+        patient = {k: tags[k] for k in ("PatientID", "PatientName") if k in tags}
+        main = {k: v for k, v in tags.items() if k not in patient and k != "Modality"}
+        return {
+            "ID": oid,
+            "Type": "Study",
+            "LastUpdate": tags.get("LastUpdate", "20260101T000000"),
+            "MainDicomTags": main,
+            "PatientMainDicomTags": patient,
+            "Series": [f"se-{oid}"],
+        }
+
+    def find(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        wanted = set(body["Query"]["StudyInstanceUID"].split("\\"))
+        out = []
+        for oid, tags in self.studies.items():
+            if tags.get("StudyInstanceUID") not in wanted:
+                continue
+            uid = tags["StudyInstanceUID"]
+            if body["Level"] == "Series":
+                out.append(
+                    {
+                        "ID": f"se-{oid}",
+                        "ParentStudy": oid,
+                        "Instances": [f"i-{oid}"],
+                        "MainDicomTags": {
+                            "SeriesInstanceUID": uid + ".1",
+                            "Modality": tags.get("Modality", "CT"),
+                        },
+                    }
+                )
+            else:
+                out.append(
+                    {
+                        "ID": f"i-{oid}",
+                        "ParentSeries": f"se-{oid}",
+                        "MainDicomTags": {"SOPInstanceUID": uid + ".1.1"},
+                    }
+                )
+        return out
+
     def add_other_change(self, change: str, resource: str) -> None:
         self.changes.append(
             {
@@ -61,7 +115,20 @@ class FakeOrthanc:
                 if tags.get("StudyInstanceUID") == uid
             ]
             return httpx.Response(200, content=json.dumps(hits))
+        if path == "/tools/find":
+            return httpx.Response(200, json=self.find(json.loads(request.content)))
+        if path == "/statistics":
+            return httpx.Response(200, json={"CountStudies": len(self.studies)})
+        if path == "/studies":
+            since = int(request.url.params.get("since", 0))
+            limit = int(request.url.params.get("limit", 1000))
+            ids = list(self.studies)[since : since + limit]
+            return httpx.Response(200, json=[self.expanded(i) for i in ids])
         parts = path.strip("/").split("/")
+        if parts[0] == "studies" and len(parts) == 2:
+            if parts[1] not in self.studies:
+                return httpx.Response(404)
+            return httpx.Response(200, json=self.expanded(parts[1]))
         if parts[0] == "studies" and parts[-1] == "instances":
             if parts[1] not in self.studies:
                 return httpx.Response(404)

@@ -439,3 +439,53 @@ class MemoryIdentities:
     async def release(self, claims: Any) -> None:
         for c in claims:
             self.claims.pop((c.level, c.uid), None)
+
+
+class IndexDouble:
+    """The study-index hooks of `authorize.Authorizer` for authorizer doubles: the index lists
+    `indexed` (in that order) and knows no series/instance owner (every look-up is a miss, so
+    the archive is asked, as before the index existed)."""
+
+    indexed: tuple[str, ...] = ()
+
+    async def permitted_studies(self, ctx: Any, action: Any, uids: Any) -> set[str]:
+        raise NotImplementedError
+
+    @staticmethod
+    def residual_keys(matches: Any) -> list[tuple[str, str]]:
+        from dicomweb_gateway.store.matching import INDEXED_STUDY_KEYS
+
+        return [(k, v) for k, v in matches if k not in INDEXED_STUDY_KEYS]
+
+    async def _matching(self, ctx: Any, action: Any, matches: Any) -> list[str]:
+        named = [set(v.split(",")) for k, v in matches if k == "StudyInstanceUID"]
+        candidates = [u for u in self.indexed if all(u in n for n in named)]
+        allowed = await self.permitted_studies(ctx, action, candidates)
+        return [u for u in candidates if u in allowed]
+
+    async def study_page(
+        self, ctx: Any, action: Any, matches: Any, fuzzy: bool, limit: int, offset: int
+    ) -> list[str]:
+        return (await self._matching(ctx, action, matches))[offset : offset + limit]
+
+    async def scan_studies(
+        self, ctx: Any, action: Any, matches: Any, fuzzy: bool, batch: int = 500
+    ) -> Any:
+        found = await self._matching(ctx, action, matches)
+        for start in range(0, len(found), batch):
+            yield found[start : start + batch]
+
+    async def owner(self, level: str, uid: str) -> Claim | None:
+        return None
+
+    async def record_locations(self, claims: Any) -> None:
+        return None
+
+    async def study_patients(self, uids: Any) -> dict[str, str | None]:
+        return {}
+
+    async def on_deleted(self, study: str, series: str | None) -> None:
+        return None
+
+    def repair(self, uids: Any) -> None:
+        return None

@@ -21,6 +21,7 @@ from gateway_fakes import (
     PUBLIC_URL,
     FakeArchive,
     FakeIdp,
+    IndexDouble,
     MemoryIdentities,
     dicom_file,
     make_settings,
@@ -31,8 +32,10 @@ A, B = "1.2.826.0.1.1", "1.2.826.0.1.2"
 A_SERIES, B_SERIES = "1.2.826.0.1.1.1", "1.2.826.0.1.2.1"
 
 
-class OnlyStudyA:
+class OnlyStudyA(IndexDouble):
     """Authorizer double: study A only (the real policy has its own tests)."""
+
+    indexed = (A, B)
 
     async def check_action(self, ctx: RequestContext, action: Action) -> None:
         return None
@@ -47,7 +50,7 @@ class OnlyStudyA:
     def __init__(self) -> None:
         self.store = MemoryIdentities()
 
-    async def on_stored(self, ctx: RequestContext, uids: Any) -> None:
+    async def on_stored(self, ctx: RequestContext, uids: Any, parts: Any = ()) -> None:
         return None
 
 

@@ -17,6 +17,7 @@ from gateway_fakes import (
     PUBLIC_URL,
     FakeArchive,
     FakeIdp,
+    IndexDouble,
     MemoryIdentities,
     dicom_file,
     make_settings,
@@ -28,8 +29,10 @@ A_SERIES, B_SERIES = "1.2.826.0.1.1.1", "1.2.826.0.1.2.1"
 A_SOP, B_SOP = "1.2.826.0.1.1.1.1", "1.2.826.0.1.2.1.1"
 
 
-class OnlyStudyA:
+class OnlyStudyA(IndexDouble):
     """Authorizer double: the caller may touch study A only."""
+
+    indexed = (A, B, *(f"1.2.826.0.1.1{n}" for n in range(5)))
 
     def __init__(self) -> None:
         self.stored: list[str] = []
@@ -54,7 +57,7 @@ class OnlyStudyA:
     async def permitted_studies(self, ctx: RequestContext, action: Action, uids: Any) -> set[str]:
         return {u for u in uids if u == A}
 
-    async def on_stored(self, ctx: RequestContext, uids: Any) -> None:
+    async def on_stored(self, ctx: RequestContext, uids: Any, parts: Any = ()) -> None:
         self.stored.extend(uids)
 
 

@@ -24,6 +24,7 @@ from gateway_fakes import (
     PUBLIC_URL,
     FakeArchive,
     FakeIdp,
+    IndexDouble,
     MemoryIdentities,
     dicom_file,
     make_settings,
@@ -36,7 +37,7 @@ VICTIM, VICTIM_SERIES, VICTIM_SOP = "1.2.826.0.9.1", "1.2.826.0.9.1.1", "1.2.826
 OWN, OWN_SERIES = "1.2.826.0.8.1", "1.2.826.0.8.1.1"
 
 
-class AllButVictim:
+class AllButVictim(IndexDouble):
     """Authorizer double: store anywhere except the victim study (a legal-hold study)."""
 
     def __init__(self) -> None:
@@ -53,7 +54,7 @@ class AllButVictim:
     async def permitted_studies(self, ctx: RequestContext, action: Action, uids: Any) -> set[str]:
         return {u for u in uids if u != VICTIM}
 
-    async def on_stored(self, ctx: RequestContext, uids: Any) -> None:
+    async def on_stored(self, ctx: RequestContext, uids: Any, parts: Any = ()) -> None:
         self.stored.extend(uids)
 
 

@@ -1,4 +1,5 @@
-"""`python -m dicomweb_gateway serve --config FILE` and `redirect --port P --target URL`."""
+"""`python -m dicomweb_gateway serve --config FILE`, `redirect --port P --target URL`,
+`dimse --config FILE` and `index rebuild --config FILE`."""
 
 from __future__ import annotations
 
@@ -148,6 +149,58 @@ def redirect(port: int, target: str, host: str = "127.0.0.1") -> int:
     return 0
 
 
+def index_rebuild(config_path: str) -> int:
+    """Re-read every study of the archive into the study index, with a progress line.
+
+    Nothing is emptied first: every study is re-indexed in place (searches keep working), and
+    at the end what the archive no longer holds is removed.
+    """
+    import asyncio
+    import time
+
+    from .archive.orthanc import OrthancArchive
+    from .authorize import load_policy_files
+    from .store import ChangeFeedPoller, OrthancSource, PolicyStore
+
+    try:
+        settings = load_settings(config_path)
+    except SettingsError as exc:
+        print(f"dicomweb-gateway: invalid settings\n{exc}", file=sys.stderr)
+        return 2
+    _, rules = load_policy_files(settings.policy.file, settings.policy.ingest_rules_file)
+    started = time.monotonic()
+
+    def progress(done: int, total: int | None) -> None:
+        rate = done / max(time.monotonic() - started, 1e-6)
+        if total:
+            width = 30
+            filled = min(width, width * done // max(total, 1))
+            bar = "#" * filled + "." * (width - filled)
+            line = f"[{bar}] {done}/{total} studies ({100 * done // max(total, 1)}%)"
+        else:
+            line = f"{done} studies"
+        print(f"\rindex rebuild: {line}, {rate:.0f}/s", end="", file=sys.stderr, flush=True)
+
+    async def run() -> int:
+        store = PolicyStore(settings.database_url)
+        store.migrate()
+        archive = OrthancArchive.from_settings(settings)
+        try:
+            poller = ChangeFeedPoller(OrthancSource(archive), store, rules, 1.0)
+            # A fresh pass from the start, every study re-read (force), then removals.
+            await store.put_cursor(poller.reconciler.OFFSET, 0)
+            await store.put_cursor(poller.reconciler.STARTED, 0)
+            seen = await poller.reconciler.run_pass(force=True, progress=progress)
+            count = await poller.indexer.index.count()
+        finally:
+            await archive.close()
+            await store.close()
+        print(f"\nindex rebuild: {seen} studies read, {count} indexed", file=sys.stderr)
+        return 0
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dicomweb-gateway")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,11 +214,24 @@ def main(argv: list[str] | None = None) -> int:
     p_redirect.add_argument("--host", default="127.0.0.1")
     p_dimse = sub.add_parser("dimse", help="serve the DIMSE front door (DICOM TLS)")
     p_dimse.add_argument("--config", required=True, help="settings YAML file")
+    sub.add_parser("exposure", help="check which endpoints are exposed (docs/exposure.md)",
+                   add_help=False)  # fmt: skip
+    sub.add_parser("bridge", help="TLS bridge for one legacy modality (docs/exposure.md)",
+                   add_help=False)  # fmt: skip
+    sub.add_parser("devices", help="the device inventory (docs/exposure.md)", add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("exposure", "bridge", "devices"):
+        return _delegate(argv[0], argv[1:])
+    p_index = sub.add_parser("index", help="the study index")
+    p_index.add_argument("operation", choices=["rebuild"])
+    p_index.add_argument("--config", required=True, help="settings YAML file")
     p_edge = sub.add_parser("edge-audit", help="the edge's access log into the audit trail")
     p_edge.add_argument("--config", required=True, help="settings YAML file")
     args = parser.parse_args(argv)
     if args.command == "edge-audit":
         return edge_audit(args.config)
+    if args.command == "index":
+        return index_rebuild(args.config)
     if args.command == "dimse":
         from .dimse import serve as serve_dimse
 
@@ -181,6 +247,21 @@ def main(argv: list[str] | None = None) -> int:
         print("settings ok")
         return 0
     return redirect(args.port, args.target, args.host)
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    """Subcommands with their own argument parsers."""
+    if command == "exposure":
+        from .exposure import main as exposure_main
+
+        return exposure_main(argv)
+    if command == "bridge":
+        from .bridge import main as bridge_main
+
+        return bridge_main(argv)
+    from .devices import main as devices_main
+
+    return devices_main(argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Administrative API under `/admin`: study labels and break-glass grants.
+"""Administrative API under `/admin`: study labels, break-glass grants, the device inventory.
 
 Both go through the same policy as DICOMweb (`Action.ADMIN`, `Action.BREAK_GLASS`): the demo
 policy wants the `admin` / `break-glass` role and a fresh MFA login (RFC 9470 challenges). Input
@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .authorize import Authorizer
@@ -206,6 +206,24 @@ async def _grant(request: Request, ctx: RequestContext) -> Response:
         },
         status_code=201,
     )
+
+
+@router.get("/devices")
+async def list_devices(request: Request) -> Response:
+    """The device inventory (DV-3): JSON, or an HTML page when the client accepts text/html.
+    Same protection as every admin route: the admin role and a fresh MFA login."""
+
+    async def handle(ctx: RequestContext) -> Response:
+        from .devices import as_dict, html_page
+
+        authorizer = _authorizer(request)
+        await authorizer.check_action(ctx, Action.ADMIN)
+        devices = [as_dict(row) for row in await authorizer.store.devices()]
+        if "text/html" in request.headers.get("accept", ""):
+            return HTMLResponse(html_page(devices))
+        return JSONResponse({"devices": devices})
+
+    return await guarded(request, handle, transaction="admin_devices", action=Action.ADMIN)
 
 
 def _who(ctx: RequestContext) -> str:

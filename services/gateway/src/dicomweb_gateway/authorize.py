@@ -11,9 +11,10 @@ is visible to nobody.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,12 +26,16 @@ from .policy import Policy, PolicyError, StudyFacts, decide, load_policy
 from .store import (
     ArchiveSource,
     ChangeFeedPoller,
+    Claim,
     IngestRules,
     OrthancSource,
     PolicyStore,
     ingest,
     load_ingest_rules,
 )
+from .store.index import IndexEntry, StudyIndex
+from .store.matching import INDEXED_STUDY_KEYS
+from .store.predicate import NotCompilable, Predicate, compile_policy
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -51,6 +56,7 @@ class Authorizer:
         source: ArchiveSource | None = None,
         change_feed_interval_seconds: float = 2.0,
         clock: Callable[[], float] = time.time,
+        reconcile_interval_seconds: float | None = 600.0,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -62,6 +68,9 @@ class Authorizer:
         self._owned_archive: Any = None
         self._settings: Settings | None = None
         self._cache = _FactsCache()
+        self.index = StudyIndex(store)
+        self._repairs: set[asyncio.Task[None]] = set()
+        self._reconcile_interval: float | None = reconcile_interval_seconds
 
     @classmethod
     def from_settings(cls, settings: Settings, archive: Any = None) -> Authorizer:
@@ -77,6 +86,9 @@ class Authorizer:
             rules,
             OrthancSource(archive) if archive is not None else None,
             settings.policy.change_feed_interval_seconds,
+            reconcile_interval_seconds=getattr(
+                settings.policy, "reconcile_interval_seconds", 600.0
+            ),
         )
         authorizer._settings = settings
         return authorizer
@@ -84,7 +96,8 @@ class Authorizer:
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
-        """Start the change-feed poller (labels studies that reach the archive by DIMSE)."""
+        """Start the index maintenance: the change feed (labels and indexes studies that reach
+        the archive directly) and the reconciliation pass (store/indexer.py)."""
         if self.source is None and self._settings is not None:
             from .archive.orthanc import OrthancArchive
 
@@ -92,7 +105,12 @@ class Authorizer:
             self.source = OrthancSource(self._owned_archive)
         if self.source is not None and self._poller is None:
             self._poller = ChangeFeedPoller(
-                self.source, self.store, self.ingest_rules, self._interval
+                self.source,
+                self.store,
+                self.ingest_rules,
+                self._interval,
+                reconcile_interval=self._reconcile_interval,
+                index=self.index,
             )
             self._poller.start()
 
@@ -169,12 +187,131 @@ class Authorizer:
                 allowed.add(uid)
         return allowed
 
-    async def on_stored(self, ctx: RequestContext, study_instance_uids: Iterable[str]) -> None:
-        """After a successful STOW: apply the ingest rules to the stored studies now, so the
-        uploader's site can see them at once (the change feed would otherwise do it later)."""
+    # ------------------------------------------------------------------ the study index
+
+    def compiled(self, ctx: RequestContext, action: Action, grants: Iterable[str]) -> Predicate:
+        """The policy as a SQL predicate for this caller; raises `NotCompilable`."""
+        return compile_policy(self.policy, ctx.principal, action, self.clock(), grants)
+
+    @staticmethod
+    def residual_keys(matches: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Matching keys the study index does not hold (the archive matches them)."""
+        return [(k, v) for k, v in matches if k not in INDEXED_STUDY_KEYS]
+
+    async def study_page(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        matches: tuple[tuple[str, str], ...],
+        fuzzy: bool,
+        limit: int,
+        offset: int,
+    ) -> list[str]:
+        """One page of the permitted studies matching indexed keys, in the index order.
+
+        The policy is compiled to SQL and the page cut in SQL (one query); a policy that does
+        not compile is evaluated with decide() over the index rows in bounded batches. Either
+        way the page is checked with decide() once more before anyone sees it: the predicate
+        can only ever hide a study, never show one decide() refuses.
+        """
+        principal = ctx.principal
+        if principal is None or limit <= 0:
+            return []
+        if not decide(principal, action, None, self.policy, self.clock()).allow:
+            return []
+        grants = await self._grants(ctx)
+        try:
+            predicate = self.compiled(ctx, action, grants)
+        except NotCompilable as exc:
+            log.warning("policy does not compile to SQL (%s): decide() over the index", exc)
+            page: list[str] = []
+            skip = offset
+            async for batch in self.scan_studies(ctx, action, matches, fuzzy):
+                for uid in batch:
+                    if skip:
+                        skip -= 1
+                        continue
+                    page.append(uid)
+                    if len(page) >= limit:
+                        return page
+            return page
+        page = await self.index.page(predicate, matches, fuzzy, limit, offset)
+        allowed = await self.permitted_studies(ctx, action, page)
+        if len(allowed) != len(page):
+            log.error("study index predicate and decide() disagree on %s", set(page) - allowed)
+        return [uid for uid in page if uid in allowed]
+
+    async def scan_studies(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        matches: tuple[tuple[str, str], ...],
+        fuzzy: bool,
+        batch: int = 500,
+    ) -> AsyncIterator[list[str]]:
+        """Every permitted study matching indexed keys, in the index order, in batches.
+
+        Series/instance searches and keys the index does not hold walk this; decide() runs on
+        every row (once per distinct set of facts), so it also serves a policy without a SQL
+        form. Nothing here asks the archive.
+        """
+        principal = ctx.principal
+        if principal is None:
+            return
+        now = self.clock()
+        if not decide(principal, action, None, self.policy, now).allow:
+            return
+        grants = await self._grants(ctx)
+        try:
+            predicate: Predicate = self.compiled(ctx, action, grants)
+        except NotCompilable:
+            predicate = True
+        narrowed = principal.study_scopes
+        memo: dict[tuple[object, ...], bool] = {}
+        async for rows in self.index.scan(predicate, matches, fuzzy, batch):
+            kept: list[str] = []
+            for row in rows:
+                facts = row.facts
+                uid = row.study_instance_uid
+                key = (facts.labels, facts.patient_id, uid in grants, uid in narrowed)
+                verdict = memo.get(key)
+                if verdict is None:
+                    verdict = decide(principal, action, facts, self.policy, now, grants).allow
+                    memo[key] = verdict
+                if verdict:
+                    kept.append(uid)
+            if kept:
+                yield kept
+
+    async def owner(self, level: str, uid: str) -> Claim | None:
+        """Where a series/instance UID belongs, from the index (None: not indexed)."""
+        return await self.index.owner(level, uid)
+
+    async def record_locations(self, claims: Iterable[Claim]) -> None:
+        """Repair the index after a miss the archive answered."""
+        try:
+            await self.index.record_locations(claims)
+        except Exception as exc:  # a repair is an optimisation; the answer stands
+            log.warning("study index repair failed: %r", exc)
+
+    async def study_patients(self, uids: Iterable[str]) -> Mapping[str, str | None]:
+        """PatientID of each known study (from the policy facts), for audit records."""
+        facts = await self._studies(set(uids))
+        return {uid: f.patient_id for uid, f in facts.items() if f.known}
+
+    async def on_stored(
+        self, ctx: RequestContext, study_instance_uids: Iterable[str], parts: Iterable[Any] = ()
+    ) -> None:
+        """After a successful, verified store (STOW-RS or DIMSE): index the stored instances
+        (from the instances themselves: no archive read) and apply the ingest rules to new
+        studies now, so the uploader's site can see them at once."""
+        uids = set(study_instance_uids)
+        try:
+            await self._index_parts(list(parts))
+        except Exception as exc:  # the store succeeded; the change feed indexes it later
+            log.warning("study index after store failed: %r", exc)
         if self.source is None:
             return
-        uids = set(study_instance_uids)
         # A study the store already knows was labelled from its first instance when it became
         # known, and ingest reads that same first instance again: nothing would change. Skipping
         # it saves reading the study's instance list from the archive, which grows with the
@@ -192,19 +329,73 @@ class Authorizer:
             except Exception as exc:  # the STOW succeeded; the change feed will retry
                 log.warning("ingest of study %s after STOW failed: %r", uid, exc)
 
+    async def _index_parts(self, parts: list[Any]) -> None:
+        from .archive.orthanc import study_resource_id
+
+        by_study: dict[str, list[Any]] = {}
+        for part in parts:
+            if part.study_instance_uid:
+                by_study.setdefault(part.study_instance_uid, []).append(part)
+        if not by_study:
+            return
+        indexed = await self.index.indexed(by_study)
+        entries: list[IndexEntry] = []
+        for uid, stored in by_study.items():
+            series, instances = await self.index.study_counts(uid)
+            modalities = {p.attributes.get("Modality", "") for p in stored} - {""}
+            if uid in indexed:
+                await self.index.add_series(uid, modalities, series, instances)
+                continue
+            first = stored[0]
+            patient = first.patient_id or ""
+            entries.append(
+                IndexEntry(
+                    uid,
+                    {**first.attributes, "PatientID": patient},
+                    frozenset(modalities),
+                    series,
+                    instances,
+                    study_resource_id(patient, uid),
+                )
+            )
+        await self.index.upsert(entries)
+
+    async def on_deleted(self, study_instance_uid: str, series_instance_uid: str | None) -> None:
+        """After a DELETE: a deleted study leaves the index; a deleted series changes its
+        study's modalities and counts (re-read from the archive). UID claims stay (AP-7)."""
+        try:
+            if series_instance_uid is None:
+                await self.index.remove([study_instance_uid])
+            elif self._poller is not None:
+                await self._poller.indexer.refresh_uids([study_instance_uid])
+        except Exception as exc:  # the delete succeeded; reconciliation repairs the index
+            log.warning("study index after delete failed: %r", exc)
+
+    def repair(self, study_instance_uids: Iterable[str]) -> None:
+        """Studies the index lists but the archive did not answer for: re-read them in the
+        background (indexed again if present, removed if gone)."""
+        if self._poller is None:
+            return
+        task = asyncio.create_task(self._poller.indexer.refresh_uids(list(study_instance_uids)))
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
+
     async def _studies(self, uids: set[str]) -> dict[str, StudyFacts]:
         """Study facts, from this worker's cache while the store is unchanged."""
         cache = self._cache.current(self.store.change_marker())
         if cache is None:
             return await self.store.studies(uids)
-        missing = {uid for uid in uids if uid not in cache.facts}
-        if missing:
-            found = await self.store.studies(missing)
-            # Unknown studies are not cached: the change feed or a STOW may label them any
-            # moment, and they are decided "deny" anyway.
-            cache.remember_facts({u: f for u, f in found.items() if f.known})
-            return {uid: cache.facts.get(uid) or found[uid] for uid in uids}
-        return {uid: cache.facts[uid] for uid in uids}
+        # The answer is built from what was read before anything is remembered: remembering
+        # may start the cache over (its bound), and must not take an answer with it (issue 14).
+        hits = {uid: cache.facts[uid] for uid in uids if uid in cache.facts}
+        missing = uids - hits.keys()
+        if not missing:
+            return hits
+        found = await self.store.studies(missing)
+        # Unknown studies are not cached: the change feed or a STOW may label them any moment,
+        # and they are decided "deny" anyway.
+        cache.remember_facts({u: f for u, f in found.items() if f.known})
+        return hits | found
 
     async def _grants(self, ctx: RequestContext) -> frozenset[str]:
         principal = ctx.principal
@@ -240,7 +431,7 @@ class _FactsCache:
     state older than the last committed change. Without a marker nothing is cached.
     """
 
-    MAX_ENTRIES = 20_000  # a bound on memory; the cache starts over when it is reached
+    MAX_ENTRIES = 20_000  # the bound (AP-8): never more facts, nor more users' grants, than this
 
     def __init__(self) -> None:
         self.marker: int | None = None
@@ -262,6 +453,9 @@ class _FactsCache:
         self.grants = {}
 
     def remember_facts(self, facts: dict[str, StudyFacts]) -> None:
+        """Remember up to the bound; when full, start over (cheap, and the store is the truth)."""
+        if len(facts) > self.MAX_ENTRIES:
+            facts = dict(list(facts.items())[: self.MAX_ENTRIES])
         if len(self.facts) + len(facts) > self.MAX_ENTRIES:
             self.facts = {}
         self.facts.update(facts)

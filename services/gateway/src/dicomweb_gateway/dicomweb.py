@@ -30,7 +30,9 @@ from .parse import (
 )
 from .pipeline import authenticate, guarded, new_context
 from .rewrite import dump_json, filter_qido
+from .search import search_index
 from .storage import store_parts
+from .store import Claim
 from .stow import (
     parse_stow,
     payload_too_large,
@@ -105,7 +107,6 @@ async def owning_study(
     (`/studies/A/series/<series of B>`) is 404, as is a missing object, so existence is never
     disclosed for a study the caller was refused.
     """
-    archive: OrthancArchive = request.app.state.archive
     authorizer = request.app.state.authorizer
     named = resource.study_instance_uid
     assert named is not None
@@ -115,22 +116,51 @@ async def owning_study(
         # The refusal's audit message names the study; its patient is not asked of the archive.
         ctx.add_study(StudyRef(named))
         raise
+    patient = (await authorizer.study_patients([named])).get(named)
     level, uid = "study", named
     if resource.sop_instance_uid:
         level, uid = "instance", resource.sop_instance_uid
     elif resource.series_instance_uid:
         level, uid = "series", resource.series_instance_uid
-    owners = await archive.owners(level, uid)
-    if level == "instance" and resource.series_instance_uid and owners:
-        # The instance's series must itself belong to the same study.
-        series_owners = await archive.owners("series", resource.series_instance_uid)
-        owners = tuple(o for o in owners if o in series_owners) or ()
-    owner = next((o for o in owners if o.study_instance_uid == named), None)
-    if owner is None:
-        ctx.add_study(StudyRef(named))
-        raise not_found(f"{level} {uid} not in study {named} in the archive")
+    if level != "study":
+        places = await locate(request, level, uid)
+        found = any(study == named for study, _ in places)
+        series = resource.series_instance_uid
+        if found and level == "instance" and series:
+            # The instance's series must be the path's, and belong to the same study.
+            found = any(study == named and s in (None, series) for study, s in places)
+            if found and (named, series) not in places:
+                found = named in await owners_of(request, "series", series)
+        if not found:
+            ctx.add_study(StudyRef(named, patient))
+            raise not_found(f"{level} {uid} not in study {named}")
+    owner = StudyRef(named, patient)
     ctx.add_study(owner)
     return owner
+
+
+async def locate(request: Request, level: str, uid: str) -> set[tuple[str, str | None]]:
+    """(study, series) pairs that hold a series or instance UID: one indexed look-up; the
+    archive only on an index miss, and what it answers is recorded (the miss repaired)."""
+    authorizer = request.app.state.authorizer
+    claim = await authorizer.owner(level, uid)
+    if claim is not None:
+        series = claim.series_instance_uid if level == "instance" else None
+        return {(claim.study_instance_uid, series)}
+    archive: OrthancArchive = request.app.state.archive
+    found = (await archive.locate(level, [uid])).get(uid, set())
+    places = {
+        (loc.study_instance_uid, loc.series_instance_uid if level == "instance" else None)
+        for loc in found
+    }
+    if len(places) == 1:
+        ((study, series),) = places
+        await authorizer.record_locations([Claim(level, uid, study, series)])
+    return places
+
+
+async def owners_of(request: Request, level: str, uid: str) -> set[str]:
+    return {study for study, _ in await locate(request, level, uid)}
 
 
 # ---------------------------------------------------------------- QIDO-RS
@@ -148,35 +178,34 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
         await owning_study(request, ctx, resource, Action.SEARCH)
     query = resource.query
     assert query is not None
-    named = query.values("StudyInstanceUID")
-    if named:
-        # Ask the archive only about studies this caller may search (AP-1): a UID list is cut
-        # to its permitted members before it is forwarded, and nothing is forwarded if none is.
-        allowed = await authorizer.permitted_studies(ctx, Action.SEARCH, named)
-        kept = [uid for uid in named if uid in allowed]
-        if not kept:
-            return Response(dump_json([]), status_code=200, media_type=DICOM_JSON)
-        query = query.with_match("StudyInstanceUID", ",".join(kept))
-    ctx.forwarded = True
-    upstream = await archive.send(
-        "GET",
-        DICOMWEB_ROOT + resource.archive_path(),
-        query.archive_query(("StudyInstanceUID", "PatientID")),
-        {"Accept": DICOM_JSON},
-        stream=False,
-    )
-    if upstream.status_code == 204:
-        results: list[dict[str, Any]] = []
-    elif upstream.status_code >= 400:
-        raise archive_error(upstream.status_code, ctx.transaction or "search")
+    if not resource.study_instance_uid:
+        # Decided and paged by the study index; the archive sees only the permitted page.
+        async def resolve(level: str, uid: str) -> set[str]:
+            return await owners_of(request, level, uid)
+
+        page = await search_index(archive, authorizer, ctx, resource.transaction, query, resolve)
     else:
-        results = upstream.json() or []
+        # Within one permitted study (decided above): the archive answers for that study.
+        ctx.forwarded = True
+        upstream = await archive.send(
+            "GET",
+            DICOMWEB_ROOT + resource.archive_path(),
+            query.archive_query(("StudyInstanceUID", "PatientID")),
+            {"Accept": DICOM_JSON},
+            stream=False,
+        )
+        if upstream.status_code == 204:
+            results: list[dict[str, Any]] = []
+        elif upstream.status_code >= 400:
+            raise archive_error(upstream.status_code, ctx.transaction or "search")
+        else:
+            results = upstream.json() or []
 
-    async def permitted(uids: set[str]) -> set[str]:
-        allowed: set[str] = await authorizer.permitted_studies(ctx, Action.SEARCH, uids)
-        return allowed
+        async def permitted(uids: set[str]) -> set[str]:
+            allowed: set[str] = await authorizer.permitted_studies(ctx, Action.SEARCH, uids)
+            return allowed
 
-    page = await filter_qido(results, query, permitted, drop_study_uid=False)
+        page = await filter_qido(results, query, permitted, drop_study_uid=False)
     for item in page:
         study = _first(item, "0020000D")
         if study:
@@ -327,5 +356,5 @@ async def delete(request: Request, ctx: RequestContext, resource: Resource) -> R
     # Exactly the authorized resource: this study's series, never every series with that UID.
     if not await archive.delete(study, series, owner.patient_id):
         raise not_found(f"{series or study} vanished before delete")
-    archive.forget(study)
+    await state.authorizer.on_deleted(study, series)
     return Response(status_code=204)

@@ -26,6 +26,7 @@ import threading
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,7 +109,7 @@ class FrontDoor:
         assert settings.dimse is not None
         self.settings = settings
         self.dimse = settings.dimse
-        self.devices = load_devices(self.dimse.devices)
+        self.devices = load_devices(self.dimse.all_devices())
         self.archive, self.authorizer, self.auditor = archive, authorizer, auditor
         self.loop = loop
 
@@ -167,6 +168,27 @@ class FrontDoor:
         device, why = self.device_of(event)
         if device is None:
             self._refuse_association(event, why)
+        else:
+            self._seen(device, event, "association")
+
+    def _seen(self, device: Device, event: Any, what: str) -> None:
+        """Record in the device inventory (DV-3) that `device` succeeded; bookkeeping only."""
+        store = getattr(self.authorizer, "store", None)
+        if store is None:
+            return
+        try:
+            sock = event.assoc.dul.socket.socket
+            cipher = sock.cipher()
+            tls = f"{sock.version()} {cipher[0]}" if cipher else None
+        except (AttributeError, ValueError, OSError):
+            tls = None
+        now = datetime.now(UTC)
+        try:
+            self._run(
+                store.device_seen(device.name, what, str(event.assoc.requestor.address), tls, now)
+            )
+        except Exception as exc:
+            log.warning("device inventory not updated for %s: %r", device.name, exc)
 
     def on_rejected(self, event: Any) -> None:
         ctx = self._context(event, "associate", None)
@@ -176,7 +198,10 @@ class FrontDoor:
 
     def on_echo(self, event: Any) -> int:
         device, _ = self.device_of(event)
-        return SUCCESS if device is not None else REFUSED_NOT_AUTHORIZED
+        if device is None:
+            return REFUSED_NOT_AUTHORIZED
+        self._seen(device, event, "echo")
+        return SUCCESS
 
     def on_store(self, event: Any) -> int:
         device, why = self.device_of(event)
@@ -203,7 +228,11 @@ class FrontDoor:
             log.exception("C-STORE failed")
             ctx.status, ctx.error_code, ctx.error_detail = 500, "internal_error", repr(exc)
             status = PROCESSING_FAILURE
-        return status if self._audit(ctx) else PROCESSING_FAILURE
+        if not self._audit(ctx):
+            return PROCESSING_FAILURE
+        if status == SUCCESS:
+            self._seen(device, event, "store")
+        return status
 
     async def _store(self, ctx: RequestContext, data: bytes) -> int:
         """One C-STORE as a one-part STOW: the same checks, the same store path."""
@@ -270,7 +299,13 @@ def serve(config_path: str) -> int:
 
     archive, authorizer, auditor = asyncio.run_coroutine_threadsafe(build(), loop).result(60)
     door = FrontDoor(settings, archive, authorizer, auditor, loop)
-    context = door_tls_context(settings, settings.dimse.devices)
+    from .devices import sync as sync_inventory
+
+    # The inventory lists exactly the devices this door admits (DV-3).
+    asyncio.run_coroutine_threadsafe(
+        sync_inventory(authorizer.store, settings, authorizer.policy), loop
+    ).result(60)
+    context = door_tls_context(settings, settings.dimse.all_devices())
     log.info("DIMSE front door on %s:%s", settings.dimse.host, settings.dimse.port)
     door.application_entity().start_server(
         (settings.dimse.host, settings.dimse.port),

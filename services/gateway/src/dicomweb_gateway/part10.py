@@ -20,10 +20,11 @@ meta elements outside group 0002 or dataset elements inside it, and the identify
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pydicom
 from pydicom.datadict import dictionary_VR
@@ -36,6 +37,8 @@ from pydicom.uid import (
 )
 
 from .parse import is_uid
+
+log = logging.getLogger(__name__)
 
 PREAMBLE = 128
 MAX_DEPTH = 12
@@ -76,6 +79,8 @@ class Instance:
     series_instance_uid: str
     patient_id: str
     canonical: bytes
+    # Study-level attributes for the study index (index_attributes); never authorized on.
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 def read_instance(data: bytes) -> Instance:
@@ -137,7 +142,39 @@ def _read_instance(data: bytes) -> Instance:
         keys["SeriesInstanceUID"],
         keys["PatientID"],
         canonical,
+        index_attributes(ds),
     )
+
+
+# What the study index keeps of a stored instance (docs/policy.md, "Study index").
+INDEX_KEYWORDS = (
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "PatientName",
+    "StudyID",
+    "StudyDescription",
+    "Modality",
+)
+
+
+def index_attributes(ds: pydicom.Dataset) -> dict[str, str]:
+    """Best effort: a value pydicom cannot read is left out (it never refuses the instance)."""
+    out: dict[str, str] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for keyword in INDEX_KEYWORDS:
+            try:
+                value = ds.get(keyword)
+                if value is not None:
+                    multi = isinstance(value, MultiValue)
+                    out[keyword] = ("\\".join(map(str, value)) if multi else str(value)).strip(
+                        " \0"
+                    )
+            except Exception as exc:  # a malformed value: not indexed, the archive has it
+                log.debug("index attribute %s unreadable: %r", keyword, exc)
+    return out
 
 
 def identity_of(ds: pydicom.Dataset) -> dict[str, str]:

@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 # Secrets that ship in tutorials and default configs; never acceptable in production.
@@ -184,6 +185,8 @@ class Policy(_Section):
     file: Path
     ingest_rules_file: Path | None = None
     change_feed_interval_seconds: Annotated[float, Field(gt=0)] = 2
+    # The study index's reconciliation pass over the whole archive (docs/policy.md).
+    reconcile_interval_seconds: Annotated[float, Field(gt=0)] = 600
 
 
 class Syslog(_Section):
@@ -224,6 +227,44 @@ class DimseDevice(_Section):
     scopes: list[str] = ["system/ImagingStudy.c"]
 
 
+class LegacyDevice(_Section):
+    """A modality that cannot speak DICOM TLS, behind a TLS bridge in its own segment (DV-2).
+
+    The bridge listens on `listen_host:listen_port` for plain DIMSE from exactly `host` with
+    calling AE title `ae_title`, and forwards to the front door over DICOM TLS with its own
+    pinned certificate; the door registers that certificate as device `bridge-<name>` with the
+    same AE title, connecting from `source_host`.
+    """
+
+    name: str = Field(min_length=1, max_length=56, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    ae_title: str = Field(pattern=_AE_TITLE)
+    host: str = Field(min_length=1)  # the legacy modality's one address
+    listen_host: str = Field(min_length=1)
+    listen_port: Annotated[int, Field(ge=1, le=65535)]
+    bridge_ae_title: str = Field(default="ZTBRIDGE", pattern=_AE_TITLE)
+    certificate: FilePath  # the bridge's pinned client certificate towards the door
+    key: FilePath
+    ca_cert: FilePath  # trust anchor for the door's server certificate
+    source_host: str = "127.0.0.1"  # where the door sees the bridge connect from
+    door_host: str | None = None  # default: dimse.host
+    client_id: str | None = None
+    scopes: list[str] = ["system/ImagingStudy.c"]
+
+    @property
+    def device_name(self) -> str:
+        return f"bridge-{self.name}"
+
+    def as_device(self) -> DimseDevice:
+        return DimseDevice(
+            name=self.device_name,
+            ae_title=self.ae_title,
+            host=self.source_host,
+            certificate=self.certificate,
+            client_id=self.client_id or self.device_name,
+            scopes=self.scopes,
+        )
+
+
 class Dimse(_Section):
     """The DIMSE front door (DV-4): the only DICOM listener; the archive gets STOW-RS."""
 
@@ -231,6 +272,7 @@ class Dimse(_Section):
     port: Annotated[int, Field(ge=1, le=65535)] = 11112
     ae_title: str = Field(default="ZTGATEWAY", pattern=_AE_TITLE)
     devices: list[DimseDevice] = []
+    legacy: list[LegacyDevice] = []
     timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 60
 
     @field_validator("devices")
@@ -240,6 +282,21 @@ class Dimse(_Section):
         if len(set(titles)) != len(titles):
             raise ValueError("two devices share an AE title")
         return value
+
+    @model_validator(mode="after")
+    def _unique_with_legacy(self) -> Dimse:
+        titles = [d.ae_title.strip() for d in self.all_devices()]
+        names = [d.name for d in self.all_devices()]
+        if len(set(titles)) != len(titles) or len(set(names)) != len(names):
+            raise ValueError("devices and legacy devices must have distinct AE titles and names")
+        return self
+
+    def all_devices(self) -> list[DimseDevice]:
+        """Every device the door admits: registered devices and the legacy devices' bridges."""
+        return [*self.devices, *(legacy.as_device() for legacy in self.legacy)]
+
+    def legacy_device(self, name: str) -> LegacyDevice | None:
+        return next((d for d in self.legacy if d.name == name), None)
 
 
 class Viewer(_Section):

@@ -13,7 +13,8 @@ front door (`dimse`). Given parts already read strictly (`stow.validate_part`), 
 4. verify: every instance the archive reports stored must sit where it was authorized (its
    RetrieveURL names study, series and instance). Anything else is deleted again, refused in the
    answer, and raises a security alert;
-5. label studies that are new, once (ingest rules), through the authorizer.
+5. label studies that are new, once (ingest rules), and index what was stored (the study
+   index), through the authorizer.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ class StoreAuthorizer(Protocol):
 
     async def check_study(self, ctx: RequestContext, action: Action, uid: str) -> None: ...
 
-    async def on_stored(self, ctx: RequestContext, uids: Any) -> None: ...
+    async def on_stored(self, ctx: RequestContext, uids: Any, parts: Any = ()) -> None: ...
 
 
 async def store_parts(
@@ -142,7 +143,7 @@ async def store_parts(
     refused = [p for p in parts if p.failure is not None and p not in stored]
     studies = sorted({p.study_instance_uid for p in stored if p.study_instance_uid})
     if studies:
-        await authorizer.on_stored(ctx, studies)
+        await authorizer.on_stored(ctx, studies, stored)
     _explain(ctx, refused)
     return merge_response(answer, refused), None
 

@@ -47,6 +47,7 @@ class Part:
     patient_id: str | None = None
     failure: int | None = None
     reason: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)  # for the study index
 
 
 @dataclass
@@ -139,6 +140,7 @@ def validate_part(
     part.study_instance_uid = instance.study_instance_uid
     part.series_instance_uid = instance.series_instance_uid
     part.patient_id = instance.patient_id
+    part.attributes = instance.attributes
     if part.failure is not None:
         return part
     if study_in_url is not None and part.study_instance_uid != study_in_url:

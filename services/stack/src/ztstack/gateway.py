@@ -27,6 +27,38 @@ DOOR_AET = "ZTGATEWAY"
 # name -> AE title, host; each registered device has a pinned client certificate of that name
 # (pki.LEAVES) and sends to the DIMSE front door (DV-4).
 REGISTERED_DEVICES = {"modality-ct1": ("MODALITY_CT1", "127.0.0.1")}
+# Legacy modalities behind a TLS bridge (DV-2): `<run>/gateway/legacy-devices.yaml`, a list of
+# {name, ae_title, host, listen_host, listen_port[, bridge_ae_title, scopes]} written by
+# `ztstack bridge add` (or by hand). Each bridge has the pinned client certificate
+# `bridge-<name>` and is started by `up` as service `bridge-<name>`.
+LEGACY_FILE = "legacy-devices.yaml"
+LEGACY_KEYS = {"name", "ae_title", "host", "listen_host", "listen_port", "bridge_ae_title",
+               "scopes"}  # fmt: skip
+
+
+def legacy_devices(run: RunDir) -> list[dict[str, Any]]:
+    path = run.gateway / LEGACY_FILE
+    if not path.exists():
+        return []
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise StackError(f"{path}: expected a list of legacy devices", "see docs/exposure.md")
+    for entry in data:
+        unknown = set(entry) - LEGACY_KEYS
+        missing = {"name", "ae_title", "host", "listen_host", "listen_port"} - set(entry)
+        if unknown or missing:
+            raise StackError(f"{path}: {entry.get('name', '?')}: unknown keys {sorted(unknown)}, "
+                             f"missing {sorted(missing)}", "see docs/exposure.md")  # fmt: skip
+    return data
+
+
+def write_legacy_devices(run: RunDir, devices: list[dict[str, Any]]) -> None:
+    path = run.gateway / LEGACY_FILE
+    path.write_text(yaml.safe_dump(devices, sort_keys=False), encoding="utf-8")
+
+
+def bridge_names(run: RunDir) -> list[str]:
+    return [f"bridge-{d['name']}" for d in legacy_devices(run)]
 
 
 def check_installed() -> Path:
@@ -99,6 +131,15 @@ def render(
                     }
                     for name, (aet, host) in REGISTERED_DEVICES.items()
                 ],
+                "legacy": [
+                    {
+                        **device,
+                        "certificate": str(run.pki / f"bridge-{device['name']}.pem"),
+                        "key": str(run.pki / f"bridge-{device['name']}.key"),
+                        "ca_cert": str(run.pki / "ca.pem"),
+                    }
+                    for device in legacy_devices(run)
+                ],
             },
         },
     )
@@ -131,6 +172,11 @@ def edge_audit_command(python: Path, settings: Path) -> list[str]:
 
 def dimse_command(python: Path, settings: Path) -> list[str]:
     return [str(python), "-m", "dicomweb_gateway", "dimse", "--config", str(settings)]
+
+
+def bridge_command(python: Path, settings: Path, name: str) -> list[str]:
+    return [str(python), "-m", "dicomweb_gateway", "bridge", "--config", str(settings),
+            "--device", name]  # fmt: skip
 
 
 def redirect_command(python: Path, port: int, target: str) -> list[str]:

@@ -6,6 +6,8 @@ next starts, and any failure tears down exactly what this `up` started.
 
 from __future__ import annotations
 
+import errno
+import json
 import shutil
 import socket
 import subprocess
@@ -26,7 +28,6 @@ from .rundir import RunDir
 from .secretfiles import ensure_secret
 
 SERVICES = ["orthanc", "idp", "gateway", "edge", "edge-audit", "gateway-http", "dimse"]
-GATEWAY_PARTS = ("edge", "edge-audit", "gateway-http", "dimse")  # started with the gateway
 
 
 def say(msg: str) -> None:
@@ -182,6 +183,7 @@ def build_services(
                 lambda: _listening(ports.dimse),
             )
         )
+        services += [bridge_service(python, settings, d) for d in gateway.legacy_devices(run)]
     return services
 
 
@@ -193,9 +195,30 @@ def _uds_ok(path: Path) -> bool:
         return False
 
 
-def _listening(port: int) -> bool:
+def bridge_service(python: Path, settings: Path, device: dict[str, Any]) -> procs.Service:
+    """The TLS bridge of one legacy device (DV-2): healthy once it listens in its segment."""
+    host, port = str(device["listen_host"]), int(device["listen_port"])
+    return procs.Service(
+        f"bridge-{device['name']}",
+        gateway.bridge_command(python, settings, str(device["name"])),
+        lambda: _bound(host, port),
+    )
+
+
+def _bound(host: str, port: int) -> bool:
+    """Something listens on host:port, found without connecting (a connection from here would
+    be a refused peer, and audited as one, by a bridge that admits one address only)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.errno == errno.EADDRINUSE
+    return False
+
+
+def _listening(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+        socket.create_connection((host, port), timeout=1.0).close()
     except OSError:
         return False
     return True
@@ -229,10 +252,16 @@ def up(run: RunDir, stack: str, ports_mode: str, only: set[str] | None = None) -
 
 def up_native(run: RunDir, ports_mode: str, only: set[str] | None = None) -> int:
     started_at = time.monotonic()
-    wanted = [s for s in SERVICES if only is None or s in only or
-              (s in GATEWAY_PARTS and "gateway" in only)]  # fmt: skip
     run.create()
-    already = running(run, SERVICES)
+    bridges = gateway.bridge_names(run)
+    wanted = [
+        s
+        for s in SERVICES + bridges
+        if only is None
+        or s in only
+        or (s not in ("orthanc", "idp", "gateway") and "gateway" in only)
+    ]
+    already = running(run, SERVICES + bridges)
     if already and all(s in already for s in wanted):
         say(f"the stack in {run.root} is already running ({', '.join(already)})")
         data = stackfile.read(run)
@@ -241,10 +270,10 @@ def up_native(run: RunDir, ports_mode: str, only: set[str] | None = None) -> int
         return 0
     if already:
         say(f"stopping the part of an earlier stack still running: {', '.join(already)}")
-        procs.stop_all(run, SERVICES)
+        procs.stop_all(run, SERVICES + bridges)
     ports = choose(ports_mode, run.ports_json)
     check_free(ports)
-    pki = ensure_pki(run.pki)
+    pki = ensure_pki(run.pki, bridges)
     services = build_services(run, ports, pki, set(wanted))
     started: list[str] = []
     pids: dict[str, int] = {}
@@ -273,9 +302,30 @@ def up_native(run: RunDir, ports_mode: str, only: set[str] | None = None) -> int
         raise
     data = stackfile.build(run, ports, pki, idp.issuer(ports.idp), idp.demo_credentials(run), pids)
     stackfile.write(run, data)
+    if "gateway" in pids:
+        sync_inventory(run, data.get("clients", {}))
     say(f"ready in {time.monotonic() - started_at:.1f} s; wrote {run.stack_json}")
     print_summary(data)
     return 0
+
+
+def sync_inventory(run: RunDir, clients: dict[str, Any]) -> None:
+    """Give the gateway's device inventory (DV-3) the IdP's clients: id, grant types, scopes
+    (never keys); the DIMSE front door adds its devices itself when it starts."""
+    path = run.gateway / "clients.json"
+    listed = {
+        cid: {"grant_types": c.get("grant_types", []), "scopes": c.get("scopes", [])}
+        for cid, c in clients.items()
+    }
+    path.write_text(json.dumps(listed, indent=2) + "\n", encoding="utf-8")
+    python = gateway.check_installed()
+    done = subprocess.run(
+        [str(python), "-m", "dicomweb_gateway", "devices", "sync", "--config",
+         str(run.gateway / "settings.yaml"), "--clients", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        say(f"device inventory not synced: {done.stderr.strip()[-300:]}")
 
 
 def print_summary(data: dict[str, Any]) -> None:
@@ -342,8 +392,9 @@ def down(run: RunDir, clean: bool) -> int:
 
 def status(run: RunDir) -> int:
     data = stackfile.read(run)
-    alive = running(run, SERVICES)
-    for name in SERVICES:
+    names = SERVICES + gateway.bridge_names(run)
+    alive = running(run, names)
+    for name in names:
         pid = procs.read_pid(run, name)
         state = f"running (pid {pid})" if name in alive else "stopped"
         print(f"  {name:<13} {state}")
@@ -363,4 +414,88 @@ def logs(run: RunDir, lines: int = 20) -> int:
         print(f"==> {path} <==")
         print(procs.tail(Path(path), lines))
     sys.stdout.flush()
+    return 0
+
+
+# --- legacy devices behind a TLS bridge (DV-2) -------------------------------------------------
+
+
+def _restart_door_and_bridges(run: RunDir, start_bridge: str | None) -> dict[str, int]:
+    """Re-render the gateway settings, restart the DIMSE front door (it pins the certificates
+    it admits at start) and start one bridge; returns the new PIDs."""
+    ports = choose("default", run.ports_json)
+    ensure_pki(run.pki, gateway.bridge_names(run))
+    python = gateway.check_installed()
+    settings = gateway.render(
+        run,
+        port=ports.gateway,
+        issuer=idp.issuer(ports.idp),
+        archive_url=f"https://localhost:{ports.orthanc_http}",
+        dimse_port=ports.dimse,
+    )
+    pids: dict[str, int] = {}
+    if procs.read_pid(run, "dimse") is not None:
+        procs.stop(run, "dimse")
+        door = procs.Service(
+            "dimse",
+            gateway.dimse_command(python, settings),
+            lambda: _bound("127.0.0.1", ports.dimse),
+        )
+        pids["dimse"] = procs.start(run, door)
+        procs.wait_healthy(run, door, pids["dimse"])
+        say(f"dimse: restarted (pid {pids['dimse']}) with the legacy devices' bridges registered")
+    for device in gateway.legacy_devices(run):
+        if f"bridge-{device['name']}" != start_bridge:
+            continue
+        svc = bridge_service(python, settings, device)
+        pid = procs.start(run, svc)
+        try:
+            procs.wait_healthy(run, svc, pid)
+        except StackError:
+            procs.stop(run, svc.name)
+            raise
+        pids[svc.name] = pid
+        say(
+            f"{svc.name}: listening on {device['listen_host']}:{device['listen_port']} for "
+            f"{device['ae_title']} at {device['host']} (pid {pid})"
+        )
+    return pids
+
+
+def _update_stack_json(run: RunDir, pids: dict[str, int], gone: str | None = None) -> None:
+    data = stackfile.read(run)
+    if data is None:
+        return
+    data["pids"] = {k: v for k, v in {**data.get("pids", {}), **pids}.items() if k != gone}
+    data.setdefault("dimse", {})["legacy"] = stackfile.legacy(run)
+    stackfile.write(run, data)
+
+
+def bridge_add(run: RunDir, device: dict[str, Any]) -> int:
+    """Register a legacy device, restart the door, start its bridge (`ztstack bridge add`)."""
+    if not run.stack_json.exists():
+        raise StackError(f"no stack in {run.root}", "start it first: `make up`")
+    devices = [d for d in gateway.legacy_devices(run) if d["name"] != device["name"]]
+    name = f"bridge-{device['name']}"
+    if procs.read_pid(run, name) is not None:
+        procs.stop(run, name)
+    gateway.write_legacy_devices(run, [*devices, device])
+    try:
+        pids = _restart_door_and_bridges(run, name)
+    except StackError:
+        gateway.write_legacy_devices(run, devices)
+        raise
+    _update_stack_json(run, pids)
+    return 0
+
+
+def bridge_remove(run: RunDir, name: str) -> int:
+    devices = gateway.legacy_devices(run)
+    if not any(d["name"] == name for d in devices):
+        say(f"no legacy device {name!r}")
+        return 0
+    say(f"bridge-{name}: {procs.stop(run, f'bridge-{name}')}")
+    gateway.write_legacy_devices(run, [d for d in devices if d["name"] != name])
+    pids = _restart_door_and_bridges(run, None)
+    _update_stack_json(run, pids, gone=f"bridge-{name}")
     return 0

@@ -34,6 +34,7 @@ SERVER, CLIENT = "server", "client"
 
 # name -> usage. gateway-client is the only HTTPS/DICOM-TLS client the archive trusts;
 # modality-ct1 is the registered device MODALITY_CT1. Client certificates are pinned (self-signed).
+# The TLS bridge of each configured legacy device gets one more: `bridge-<name>` (ensure_pki).
 LEAVES: dict[str, str] = {
     "gateway": SERVER,
     "idp": SERVER,
@@ -226,12 +227,17 @@ def issue_leaf(
     return pair
 
 
-def ensure_pki(pki: Path) -> dict[str, Pair]:
-    """Create or refresh the CA and every leaf; returns name -> (cert, key) plus "ca"."""
+def ensure_pki(pki: Path, extra_clients: list[str] | None = None) -> dict[str, Pair]:
+    """Create or refresh the CA and every leaf; returns name -> (cert, key) plus "ca".
+
+    `extra_clients`: more pinned client certificates, e.g. `bridge-<name>` for the TLS bridge
+    of each configured legacy device (`gateway.legacy_devices`).
+    """
     pki.mkdir(parents=True, exist_ok=True)
     os.chmod(pki, 0o700)
     ca_cert, ca_key, _ = ensure_ca(pki)
     pairs = {"ca": Pair(pki / "ca.pem", pki / "ca.key")}
-    for name, usage in LEAVES.items():
+    leaves = dict(LEAVES) | dict.fromkeys(extra_clients or [], CLIENT)
+    for name, usage in leaves.items():
         pairs[name] = issue_leaf(pki, name, usage, ca_cert, ca_key)
     return pairs

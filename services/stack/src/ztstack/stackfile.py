@@ -51,10 +51,27 @@ def build(
             "port": ports.dimse,
             "aet": gateway.DOOR_AET,
             "registered_aets": registered,
+            "legacy": legacy(run),
         },
         "clients": credentials.get("clients", {}),
         "users": credentials.get("users", {}),
         "pids": pids,
+    }
+
+
+def legacy(run: RunDir) -> dict[str, Any]:
+    """Legacy devices behind a TLS bridge: name -> where the modality sends plain DIMSE."""
+    return {
+        d["name"]: {
+            "ae_title": d["ae_title"],
+            "host": d["host"],
+            "listen_host": d["listen_host"],
+            "listen_port": d["listen_port"],
+            "bridge_ae_title": d.get("bridge_ae_title", "ZTBRIDGE"),
+            "door_device": f"bridge-{d['name']}",
+            "cert": str(run.pki / f"bridge-{d['name']}.pem"),
+        }
+        for d in gateway.legacy_devices(run)
     }
 
 

@@ -128,8 +128,10 @@ def axial(number: int) -> Dataset:
     """Slice `number` (1..SLICES), head first from the top: a CT Image IOD subset."""
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = _uid("axial", str(number))
-    _common(ds, _uid("series", "axial"), number, "CT head axial 0.6 mm")
+    # The demo data's UID conventions (Study.series_instance_uid, sop_instance_uid), so tests
+    # address this study like every other demo study.
+    ds.SOPInstanceUID = VOLUME.sop_instance_uid(number)
+    _common(ds, VOLUME.series_instance_uid, number, "CT head axial 0.6 mm")
     ds.SeriesNumber = 1
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.KVP = "120"

@@ -15,10 +15,9 @@ The archive's credentials and client certificate are injected in exactly one pla
 
 from __future__ import annotations
 
+import hashlib
 import re
 import ssl
-import time
-from collections import OrderedDict
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,14 +25,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..context import StudyRef
 from ..errors import GatewayError, service_unavailable
 from ..settings import Settings
 
 DICOMWEB_ROOT = "/dicom-web"
 WADO_URI_ROOT = "/wado"
-_OWNER_TTL = 60.0  # seconds an owner lookup is reused; UIDs never move between studies
-_OWNER_CACHE_SIZE = 20000
 
 
 class _ArchiveAuth(httpx.Auth):
@@ -61,12 +57,6 @@ def timeout_error(detail: str) -> GatewayError:
 
 def unavailable(detail: str) -> GatewayError:
     return service_unavailable(detail, retry_after=5)
-
-
-@dataclass(frozen=True)
-class _Owner:
-    refs: tuple[StudyRef, ...]
-    at: float
 
 
 class OrthancArchive:
@@ -101,7 +91,6 @@ class OrthancArchive:
             follow_redirects=False,
             trust_env=False,
         )
-        self._owners: OrderedDict[tuple[str, str], _Owner] = OrderedDict()
 
     @classmethod
     def from_settings(
@@ -175,44 +164,6 @@ class OrthancArchive:
         response = await self.send("GET", "/system", stream=False)
         if response.status_code != 200:
             raise unavailable(f"archive /system -> {response.status_code}")
-
-    # ------------------------------------------------------------------ owner resolution
-
-    async def owners(self, level: str, uid: str) -> tuple[StudyRef, ...]:
-        """The studies that really hold a study/series/instance UID (empty: not found).
-
-        Authorization is decided on the owning study, never on the study UID a client wrote in a
-        path or a WADO-URI `studyUID` (AP-1).
-        """
-        key = (level, uid)
-        now = time.monotonic()
-        cached = self._owners.get(key)
-        if cached is not None and now - cached.at < _OWNER_TTL:
-            self._owners.move_to_end(key)
-            return cached.refs
-        resource, match = _LEVELS[level]
-        query = f"{match}={uid}&includefield=0020000D&includefield=00100020"
-        found = await self.json("GET", f"{DICOMWEB_ROOT}/{resource}", query) or []
-        refs: dict[str, StudyRef] = {}
-        for item in found:
-            study = _value(item, "0020000D")
-            if study:
-                refs[study] = StudyRef(study, _value(item, "00100020"))
-        result = tuple(refs.values())
-        if result:
-            self._owners[key] = _Owner(result, now)
-            if len(self._owners) > _OWNER_CACHE_SIZE:
-                self._owners.popitem(last=False)
-        return result
-
-    def forget(self, study_instance_uid: str) -> None:
-        """Drop cached owner lookups after a delete."""
-        for key in [
-            k
-            for k, v in self._owners.items()
-            if any(r.study_instance_uid == study_instance_uid for r in v.refs)
-        ]:
-            del self._owners[key]
 
     # ------------------------------------------------------------------ UID identities (AP-7)
 
@@ -294,6 +245,14 @@ class OrthancArchive:
                 "upstream error",
                 f"archive DELETE {path} -> {response.status_code}",
             )
+
+
+def study_resource_id(patient_id: str, study_instance_uid: str) -> str:
+    """Orthanc's own id of a study: SHA-1 of "PatientID|StudyInstanceUID", in five groups of
+    eight hex digits (Orthanc's DicomInstanceHasher); lets the index follow `/changes`."""
+    key = f"{patient_id}|{study_instance_uid}".encode()
+    digest = hashlib.sha1(key, usedforsecurity=False).hexdigest()
+    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
 @dataclass(frozen=True)

@@ -306,8 +306,10 @@ def _transaction_message(
         return audit_log_used(ctx, who, now)
     if _transaction_event(ctx) is INSTANCES_ACCESSED:
         # Reading a study's labels and their history (admin API): the study's security
-        # attributes were accessed where they are kept.
-        return _message(ctx, who, now, INSTANCES_ACCESSED, "R", _study_objects(ctx))
+        # attributes were accessed where they are kept. An admin read that names no study (the
+        # device inventory) names the resource read, by URI, as a security resource (13).
+        objects = _study_objects(ctx) or [_resource_object(ctx)]
+        return _message(ctx, who, now, INSTANCES_ACCESSED, "R", objects)
     return None
 
 
@@ -485,6 +487,18 @@ def _study_objects(ctx: RequestContext) -> list[ET.Element]:
     """Study participant objects (type 2, role 3) then one per patient (type 1, role 1)."""
     objects = [_study(ref) for ref in ctx.studies]
     return objects + _patient_objects(ctx)
+
+
+def _resource_object(ctx: RequestContext) -> ET.Element:
+    obj = ET.Element(
+        "ParticipantObjectIdentification",
+        ParticipantObjectID=ctx.path,
+        ParticipantObjectTypeCode="2",
+        ParticipantObjectTypeCodeRole="13",
+    )
+    _code(obj, "ParticipantObjectIDTypeCode", URI)
+    ET.SubElement(obj, "ParticipantObjectName").text = f"{ctx.method} {ctx.path}"
+    return obj
 
 
 def _study(ref: StudyRef) -> ET.Element:

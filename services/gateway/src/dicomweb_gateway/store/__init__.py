@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from .db import Claim, LabelUpdate, PolicyStore, UnknownStudy
-from .feed import ArchiveSource, ChangeFeedPoller, OrthancSource, ingest
+from .feed import ArchiveSource, OrthancSource, ingest
+from .index import IndexEntry, StudyIndex
+from .indexer import ChangeFeedPoller, Indexer, Reconciler
 from .ingest import IngestRules, load_ingest_rules, parse_ingest_rules
 
 __all__ = [
     "ArchiveSource",
     "ChangeFeedPoller",
     "Claim",
+    "IndexEntry",
+    "Indexer",
     "IngestRules",
     "LabelUpdate",
     "OrthancSource",
     "PolicyStore",
+    "Reconciler",
+    "StudyIndex",
     "UnknownStudy",
     "ingest",
     "load_ingest_rules",

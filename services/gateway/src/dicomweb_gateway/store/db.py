@@ -17,13 +17,21 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, delete, event, select, text
+from sqlalchemy import create_engine, delete, event, or_, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ..policy import StudyFacts
-from .models import BreakGlassGrant, FeedCursor, LabelChange, Study, StudyLabel, UidClaim
+from .models import (
+    BreakGlassGrant,
+    DeviceRecord,
+    FeedCursor,
+    LabelChange,
+    Study,
+    StudyLabel,
+    UidClaim,
+)
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _SQLITE_TIMEOUT_SECONDS = 15  # several gateway workers share one SQLite file
@@ -252,6 +260,44 @@ class PolicyStore:
                     raise
         raise AssertionError("unreachable")
 
+    async def record_ingest_many(
+        self, studies: Iterable[tuple[str, str | None, Iterable[str]]], via: str
+    ) -> None:
+        """`record_ingest` for many studies in one transaction (the index's batches); a study
+        the store already knows is left as it is. Falls back to one at a time on a race."""
+        wanted = {uid: (patient, frozenset(labels)) for uid, patient, labels in studies}
+        if not wanted:
+            return
+        now = datetime.now(UTC)
+        try:
+            async with self._session.begin() as session:
+                known = set()
+                for chunk in _chunks(sorted(wanted), 500):
+                    known |= set(
+                        await session.scalars(
+                            select(Study.study_instance_uid).where(
+                                Study.study_instance_uid.in_(chunk)
+                            )
+                        )
+                    )
+                for uid in sorted(set(wanted) - known):
+                    patient, labels = wanted[uid]
+                    session.add(
+                        Study(
+                            study_instance_uid=uid,
+                            patient_id=patient,
+                            source=via,
+                            created_at=now,
+                            labels=[StudyLabel(label=label) for label in sorted(labels)],
+                        )
+                    )
+                    update = LabelUpdate(uid, frozenset(), labels)
+                    if update.added:
+                        session.add(_history(update, via, via, "ingest rules", now))
+        except IntegrityError:
+            for uid, (patient, labels) in wanted.items():
+                await self.record_ingest(uid, patient, labels, via)
+
     async def change_labels(
         self, uid: str, add: Iterable[str], remove: Iterable[str], changed_by: str, reason: str
     ) -> LabelUpdate:
@@ -365,6 +411,40 @@ class PolicyStore:
             row = await session.get(FeedCursor, name)
             return row.last_seq if row else 0
 
+    async def put_cursor(self, name: str, value: int) -> None:
+        """Set a named position exactly (the reconciliation pass keeps its state here)."""
+        async with self._session.begin() as session:
+            row = await session.get(FeedCursor, name)
+            if row is None:
+                session.add(FeedCursor(name=name, last_seq=value))
+            else:
+                row.last_seq = value
+
+    async def lease(self, name: str, previous: int | None, until: int, now: int) -> bool:
+        """Take or renew a lease (one worker maintains the index): the row holds its expiry.
+
+        Renewing compares with the expiry this holder wrote (`previous`); taking needs an
+        expired one. One conditional UPDATE, so two workers cannot both win.
+        """
+        try:
+            async with self._session.begin() as session:
+                condition = FeedCursor.last_seq < now
+                if previous is not None:
+                    condition = or_(condition, FeedCursor.last_seq == previous)
+                result = await session.execute(
+                    update(FeedCursor)
+                    .where(FeedCursor.name == name, condition)
+                    .values(last_seq=until)
+                )
+                if int(getattr(result, "rowcount", 0) or 0) == 1:
+                    return True
+                if await session.get(FeedCursor, name) is None:
+                    session.add(FeedCursor(name=name, last_seq=until))
+                    return True
+                return False
+        except IntegrityError:
+            return False
+
     async def set_cursor(self, name: str, last_seq: int) -> None:
         async with self._session.begin() as session:
             row = await session.get(FeedCursor, name)
@@ -372,6 +452,65 @@ class PolicyStore:
                 session.add(FeedCursor(name=name, last_seq=last_seq))
             elif last_seq > row.last_seq:
                 row.last_seq = last_seq
+
+    # -- device inventory (DV-3) ---------------------------------------------------------------
+
+    _REGISTRATION = (
+        "kind",
+        "ae_title",
+        "host",
+        "client_id",
+        "scopes",
+        "permissions",
+        "tls",
+        "certificate_sha256",
+        "certificate_not_after",
+    )
+
+    async def sync_devices(
+        self, entries: list[dict[str, Any]], kinds: Iterable[str], now: datetime
+    ) -> None:
+        """Upsert the registered peers (keys of `_REGISTRATION` plus `name`); a known peer of
+        one of `kinds` missing from `entries` stays listed, as no longer registered."""
+        kinds = set(kinds)
+        async with self._session.begin() as session:
+            known = {r.name: r for r in await session.scalars(select(DeviceRecord))}
+            names = set()
+            for entry in entries:
+                names.add(entry["name"])
+                row = known.get(entry["name"])
+                if row is None:
+                    row = DeviceRecord(name=entry["name"])
+                    session.add(row)
+                for key in self._REGISTRATION:
+                    setattr(row, key, entry.get(key))
+                row.registered, row.updated_at = True, now
+            for name, row in known.items():
+                if name not in names and row.kind in kinds and row.registered:
+                    row.registered, row.updated_at = False, now
+
+    async def device_seen(
+        self, name: str, what: str, address: str, tls: str | None, now: datetime
+    ) -> None:
+        """The door saw `name` (what: association | echo | store) succeed."""
+        async with self._session.begin() as session:
+            row = await session.get(DeviceRecord, name)
+            if row is None:
+                return
+            row.last_seen_at, row.last_address = now, address[:64]
+            if tls:
+                row.last_tls = tls[:100]
+            if what == "echo":
+                row.last_echo_at = now
+            elif what == "store":
+                row.last_store_at = now
+
+    async def devices(self) -> list[DeviceRecord]:
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(DeviceRecord).order_by(DeviceRecord.kind, DeviceRecord.name)
+            )
+            return list(rows)
 
 
 def _history(

@@ -1,0 +1,214 @@
+"""QIDO-RS over the study index (issue 12; docs/policy.md, "Study index").
+
+A search costs one page, whatever the archive holds:
+
+- `/studies`: the permitted, matching studies are chosen and paged in SQL (the policy compiled
+  to a predicate, the matching keys to conditions, `limit`/`offset` over permitted studies
+  only, a stable order); then the archive is asked for exactly the page's studies by
+  StudyInstanceUID list, for the attributes the client asked for (`includefield`).
+- `/series`, `/instances` across studies: the permitted studies matching the study-level keys
+  are walked in the index order, a batch at a time; the archive matches the series/instance
+  keys within each batch (a UID list); results are counted until `offset + limit` are found.
+- Keys the index does not hold at study level are matched the same way: by the archive, on
+  permitted candidates only.
+
+The archive never hears of a study the caller may not see: every archive query names
+permitted StudyInstanceUIDs only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from .archive.orthanc import DICOMWEB_ROOT
+from .context import Action, RequestContext
+from .forward import archive_error
+from .parse import QIDO_KEYS, QidoQuery, Transaction
+from .rewrite import study_of
+
+log = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+UIDS_PER_QUERY = 100  # StudyInstanceUIDs per archive query (about 6.5 kB of URL at most)
+SCAN_BATCH = 100  # permitted studies per archive query when the archive matches keys
+_LEVEL_PATH = {
+    Transaction.SEARCH_FOR_STUDIES: "/studies",
+    Transaction.SEARCH_FOR_SERIES: "/series",
+    Transaction.SEARCH_FOR_INSTANCES: "/instances",
+}
+_SORT_TAGS = {
+    Transaction.SEARCH_FOR_STUDIES: (),
+    Transaction.SEARCH_FOR_SERIES: ("0020000E",),
+    Transaction.SEARCH_FOR_INSTANCES: ("0020000E", "00080018"),
+}
+# Series/instance UIDs: narrow the studies to walk to the ones that own them.
+_OWNED_KEYS = {"SeriesInstanceUID": "series", "SOPInstanceUID": "instance"}
+
+
+async def search_index(
+    archive: Any,
+    authorizer: Any,
+    ctx: RequestContext,
+    transaction: Transaction,
+    query: QidoQuery,
+    resolve: Any,
+) -> list[dict[str, Any]]:
+    """The answer to a QIDO search that names no study in its path."""
+    residual = authorizer.residual_keys(query.matches)
+    indexed = tuple(m for m in query.matches if m not in residual)
+    limit = query.limit if query.limit is not None else 0
+    if transaction is Transaction.SEARCH_FOR_STUDIES and not residual:
+        page = await authorizer.study_page(
+            ctx, Action.SEARCH, indexed, query.fuzzymatching, limit, query.offset
+        )
+        if not page:
+            return []
+        return await _fetch(archive, authorizer, ctx, transaction, query, page, ())
+    archive_matches = [(k, v) for k, v in residual if k not in _OWNED_KEYS]
+    # Series/instance UIDs named in the query: walk only the studies that own them.
+    owned: set[str] | None = None
+    for keyword, level in _OWNED_KEYS.items():
+        uids = query.values(keyword)
+        if uids:
+            studies = {s for uid in uids for s in await resolve(level, uid)}
+            owned = studies if owned is None else owned & studies
+            archive_matches.append((keyword, ",".join(uids)))
+    if owned is not None:
+        if not owned:
+            return []
+        indexed = _narrow(indexed, owned)
+    # A series' Modality is one of its study's ModalitiesInStudy: walk only those studies
+    # (the archive still matches Modality itself).
+    for keyword, value in archive_matches:
+        if keyword == "Modality" and value not in ("", "*"):
+            indexed = (*indexed, ("ModalitiesInStudy", value))
+    found: list[dict[str, Any]] = []
+    skip = query.offset
+    async for batch in authorizer.scan_studies(
+        ctx, Action.SEARCH, indexed, query.fuzzymatching, batch=SCAN_BATCH
+    ):
+        items = await _fetch(archive, authorizer, ctx, transaction, query, batch, archive_matches)
+        for item in items:
+            if skip:
+                skip -= 1
+                continue
+            found.append(item)
+            if len(found) >= limit:
+                return found
+    return found
+
+
+def _narrow(matches: tuple[tuple[str, str], ...], studies: set[str]) -> tuple[tuple[str, str], ...]:
+    """The matches with StudyInstanceUID limited to `studies` (intersected with any given)."""
+    named = [v for k, v in matches if k == "StudyInstanceUID"]
+    wanted = set(studies)
+    for value in named:
+        wanted &= {u for u in value.split(",") if u}
+    rest = tuple(m for m in matches if m[0] != "StudyInstanceUID")
+    # An empty list can only mean "nothing": a UID that cannot exist keeps it empty.
+    return (*rest, ("StudyInstanceUID", ",".join(sorted(wanted)) or "0"))
+
+
+async def _fetch(
+    archive: Any,
+    authorizer: Any,
+    ctx: RequestContext,
+    transaction: Transaction,
+    query: QidoQuery,
+    studies: list[str],
+    archive_matches: Iterable[tuple[str, str]],
+) -> list[dict[str, Any]]:
+    """The archive's answer for these (permitted) studies, in their order, then by UID."""
+    archive_matches = tuple(archive_matches)
+    # Matching keys are returned (PS3.18 8.3.4.3) even when the index, not the archive,
+    # matched them.
+    sent = {k for k, _ in archive_matches} | {"StudyInstanceUID"}
+    returned = tuple(k for k, _ in query.matches if k not in sent)
+    count = -(-len(studies) // UIDS_PER_QUERY)  # balanced chunks of at most UIDS_PER_QUERY
+    chunks = [studies[i::count] for i in range(count)]
+    ctx.forwarded = True
+    answers = await asyncio.gather(
+        *(
+            _query(archive, ctx, transaction, query, chunk, archive_matches, returned)
+            for chunk in chunks
+        )
+    )
+    position = {uid: n for n, uid in enumerate(studies)}
+    sort_tags = _SORT_TAGS[transaction]
+    items = [
+        item
+        for answer in answers
+        for item in answer
+        if position.get(study_of(item) or "") is not None
+    ]
+    items.sort(key=lambda i: (position[study_of(i) or ""], *(_text(i, t) for t in sort_tags)))
+    if transaction is Transaction.SEARCH_FOR_STUDIES:
+        seen: set[str] = set()
+        unique = []
+        for item in items:
+            uid = study_of(item) or ""
+            if uid not in seen:
+                seen.add(uid)
+                unique.append(item)
+        items = unique
+        if not archive_matches and len(items) < len(studies):
+            missing = set(studies) - seen
+            log.warning("study index lists %d studies the archive does not hold", len(missing))
+            authorizer.repair(missing)
+    return items
+
+
+async def _query(
+    archive: Any,
+    ctx: RequestContext,
+    transaction: Transaction,
+    query: QidoQuery,
+    studies: list[str],
+    archive_matches: tuple[tuple[str, str], ...],
+    returned: tuple[str, ...],
+) -> list[dict[str, Any]]:
+    sub = QidoQuery(
+        matches=(("StudyInstanceUID", ",".join(studies)), *archive_matches),
+        includefields=tuple(dict.fromkeys((*query.includefields, *returned))),
+        limit=None,
+        offset=0,
+        fuzzymatching=False,
+    )
+    upstream = await archive.send(
+        "GET",
+        DICOMWEB_ROOT + _LEVEL_PATH[transaction],
+        sub.archive_query(("StudyInstanceUID", "PatientID")),
+        {"Accept": DICOM_JSON},
+        stream=False,
+    )
+    if upstream.status_code == 204:
+        return []
+    if upstream.status_code >= 400:
+        raise archive_error(upstream.status_code, ctx.transaction or "search")
+    results: list[dict[str, Any]] = upstream.json() or []
+    # Values with spaces were sent as `?` wildcards (parse.py): check them exactly here.
+    for keyword, pattern in sub.exact_filters:
+        tag = QIDO_KEYS[keyword]
+        results = [r for r in results if any(pattern.fullmatch(v) for v in _texts(r, tag))]
+    return results
+
+
+def _text(item: dict[str, Any], tag: str) -> str:
+    values = _texts(item, tag)
+    return values[0] if values else ""
+
+
+def _texts(item: dict[str, Any], tag: str) -> list[str]:
+    element = item.get(tag)
+    if not isinstance(element, dict):
+        return []
+    out: list[str] = []
+    for value in element.get("Value") or []:
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, dict) and isinstance(value.get("Alphabetic"), str):
+            out.append(value["Alphabetic"])
+    return out
