@@ -267,6 +267,7 @@ def _origin(url: str) -> str:
 @pytest.mark.browser
 @pytest.mark.control("AP-1")
 @pytest.mark.control("ID-3")
+@pytest.mark.control("NW-2")
 def test_clinician_sees_exactly_permitted_studies_and_a_ct_renders(viewer: Session) -> None:
     searches: list[Any] = []
     viewer.page.on(
@@ -299,6 +300,15 @@ def test_clinician_sees_exactly_permitted_studies_and_a_ct_renders(viewer: Sessi
     _dismiss_tour(viewer.page)
     viewer.screenshot("viewer-ct.png")
     assert viewer.csp_violations() == []
+    # Issue 13: the edge speaks HTTP/2 to the browser, for the page and every DICOMweb fetch
+    # (OHIF is no longer held to six frames at a time per origin).
+    protocols = viewer.page.evaluate(
+        """() => [performance.getEntriesByType('navigation')[0].nextHopProtocol,
+                  ...performance.getEntriesByType('resource')
+                      .filter(e => e.name.includes('/dicom-web/'))
+                      .map(e => e.nextHopProtocol)]"""
+    )
+    assert len(protocols) > 1 and set(protocols) == {"h2"}, protocols
 
 
 @pytest.mark.browser
