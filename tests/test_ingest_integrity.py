@@ -249,6 +249,12 @@ def test_series_uid_collision_deletes_nothing_of_the_legal_hold_study(
     # legal-hold study keeps every instance.
     assert r.status_code in (204, 403), r.text
     assert held(archive, LEGAL_HOLD.study_instance_uid) == before
+    # Remove the collision this test planted, so later tests see an archive without one.
+    found = archive.post("/tools/lookup", content=decoy.StudyInstanceUID).json()
+    for hit in found:
+        if hit["Type"] == "Study":
+            archive.delete(f"/studies/{hit['ID']}").raise_for_status()
+    assert held(archive, LEGAL_HOLD.study_instance_uid) == before
 
 
 # --- DV-4: the DIMSE front door ---------------------------------------------------------------
