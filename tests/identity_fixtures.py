@@ -6,17 +6,30 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
+# A cached token is handed out only while it has this long left to live (access tokens live
+# 300 s; a full run takes longer, and a test must never fail on a token that expired mid-run).
+MIN_REMAINING_SECONDS = 90
+
 
 class Tokens:
-    """Obtains TokenSets from the IdP described by stack.json; cached per arguments."""
+    """Obtains TokenSets from the IdP described by stack.json; cached per arguments while they
+    have at least MIN_REMAINING_SECONDS to live, then obtained again."""
 
     def __init__(self, stack: dict[str, Any]) -> None:
         self.stack = stack
         self._cache: dict[tuple[Any, ...], Any] = {}
+
+    def _fresh(self, key: tuple[Any, ...]) -> bool:
+        token = self._cache.get(key)
+        if token is None:
+            return False
+        expires = float(token.claims.get("exp", 0))
+        return expires - time.time() >= MIN_REMAINING_SECONDS
 
     def user(
         self,
@@ -30,7 +43,7 @@ class Tokens:
         key = ("user", name, scope, acr_values, max_age)
         if max_age is not None:  # freshness matters: never reuse
             return login_password(self.stack, name, scope, acr_values=acr_values, max_age=max_age)
-        if key not in self._cache:
+        if not self._fresh(key):
             self._cache[key] = login_password(self.stack, name, scope, acr_values=acr_values)
         return self._cache[key]
 
@@ -43,7 +56,7 @@ class Tokens:
         from dicomweb_cli import client_credentials
 
         key = ("device", client_id, scope)
-        if key not in self._cache:
+        if not self._fresh(key):
             self._cache[key] = client_credentials(self.stack, client_id, scope)
         return self._cache[key]
 
