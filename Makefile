@@ -34,8 +34,8 @@ test: bootstrap ## Install what is missing, lint (fail fast), then unit + end-to
 lint: bootstrap ## ruff and mypy (strict for the gateway); `make test` runs it first
 	@$(LINT)
 
-bench: bootstrap ## Benchmark the gateway against the archive accessed directly
-	@$(PY) scripts/bench.py --run-dir $(RUN_DIR)
+bench: bootstrap ## Benchmark direct vs edge+gateway vs plain proxy (BENCH_ARGS=--uncached ...)
+	@$(PY) scripts/bench.py --run-dir $(RUN_DIR) $(BENCH_ARGS)
 
 scale: bootstrap ## Search at scale: N synthetic studies (SCALE_SIZES=1000,10000), direct vs gateway
 	@SCALE_SIZES=$(or $(SCALE_SIZES),1000,10000,100000) $(PY) scripts/scale.py

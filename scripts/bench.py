@@ -158,7 +158,8 @@ class Fronts:
         self.procs.append(proc)
         return proc
 
-    def start_gateway(self) -> tuple[str, list[int]]:
+    def start_gateway(self, ttl: int | None = None, tag: str = "bench") -> tuple[str, list[int]]:
+        """An edge + gateway (+ edge audit) pair; `ttl` overrides the decision cache bound."""
         from ztstack import edge
         from ztstack.pki import ensure_pki
         from ztstack.rundir import RunDir
@@ -167,20 +168,22 @@ class Fronts:
         settings = yaml.safe_load((self.run_dir / "gateway" / "settings.yaml").read_text())
         if "edge" not in settings:
             raise SystemExit("this stack has no edge (start it with `make up`)")
-        sock = self.run_dir / "gateway" / "bench.sock"
+        sock = self.run_dir / "gateway" / f"{tag}.sock"
         port = free_port()
         settings["listen"] = {"host": "127.0.0.1", "port": port, "uds": str(sock)}
         settings["limits"]["requests_per_minute"] = 100_000_000
         settings["viewer"] = {"dist_dir": None, "config_template": None}
-        settings["edge"]["access_log"] = str(self.run_dir / "edge-bench" / "access.log")
-        path = self.run_dir / "gateway" / "settings-bench.yaml"
+        settings["edge"]["access_log"] = str(self.run_dir / f"edge-{tag}" / "access.log")
+        if ttl is not None:
+            settings["edge"]["decision_ttl_seconds"] = ttl
+        path = self.run_dir / "gateway" / f"settings-{tag}.yaml"
         path.write_text(yaml.safe_dump(settings, sort_keys=False))
         gw = self.spawn(
-            "gateway-bench",
+            f"gateway-{tag}",
             [sys.executable, "-m", "dicomweb_gateway", "serve", "--config", str(path)],
         )
         audit = self.spawn(
-            "edge-audit-bench",
+            f"edge-audit-{tag}",
             [sys.executable, "-m", "dicomweb_gateway", "edge-audit", "--config", str(path)],
         )
         password = Path(self.stack["archive"]["password_file"]).read_text().strip()
@@ -193,18 +196,39 @@ class Fronts:
             archive_password=password,
             public_url=f"https://localhost:{port}",
             requests_per_second=1_000_000,
-            name="edge-bench",
+            name=f"edge-{tag}",
             socket=sock,
+            decision_ttl_seconds=settings["edge"]["decision_ttl_seconds"],
         )
-        nginx = self.spawn("edge-bench", edge.command(edge.NGINX, config))
+        nginx = self.spawn(f"edge-{tag}", edge.command(edge.NGINX, config))
         url = f"https://localhost:{port}"
         ctx = ssl.create_default_context(cafile=self.stack["ca_cert"])
         for _ in range(150):
             if sock.exists():
                 break
             time.sleep(0.2)
-        wait_https(url, ctx, nginx, self.run_dir / "logs" / "gateway-bench.log")
+        wait_https(url, ctx, nginx, self.run_dir / "logs" / f"gateway-{tag}.log")
         return url, [gw.pid, nginx.pid, audit.pid]
+
+    def start_python_gateway(self) -> tuple[str, list[int]]:
+        """The shape before the edge (issue 13's "before"): the gateway alone on TLS, every
+        byte through Python."""
+        settings = yaml.safe_load((self.run_dir / "gateway" / "settings.yaml").read_text())
+        port = free_port()
+        settings["listen"] = {"host": "127.0.0.1", "port": port}
+        settings.pop("edge", None)
+        settings["limits"]["requests_per_minute"] = 100_000_000
+        settings["viewer"] = {"dist_dir": None, "config_template": None}
+        path = self.run_dir / "gateway" / "settings-bench-python.yaml"
+        path.write_text(yaml.safe_dump(settings, sort_keys=False))
+        proc = self.spawn(
+            "gateway-bench-python",
+            [sys.executable, "-m", "dicomweb_gateway", "serve", "--config", str(path)],
+        )
+        url = f"https://localhost:{port}"
+        ctx = ssl.create_default_context(cafile=self.stack["ca_cert"])
+        wait_https(url, ctx, proc, self.run_dir / "logs" / "gateway-bench-python.log")
+        return url, [proc.pid]
 
     def start_proxy(self) -> tuple[str, list[int]]:
         from ztstack.pki import ensure_pki
@@ -355,6 +379,10 @@ async def main_async(args: argparse.Namespace, stack: dict[str, Any], password: 
     try:
         gateway_url, gateway_pids = fronts.start_gateway()
         proxy_url, proxy_pids = fronts.start_proxy()
+        if args.uncached:
+            uncached_url, uncached_pids = fronts.start_gateway(ttl=0, tag="bench0")
+        if args.python:
+            python_url, python_pids = fronts.start_python_gateway()
         auth = (archive["username"], password)
         targets = [
             Target("direct", archive["http_url"] + "/dicom-web", client(archive_ctx, {}, auth)),
@@ -366,6 +394,26 @@ async def main_async(args: argparse.Namespace, stack: dict[str, Any], password: 
             ),
             Target("proxy", proxy_url + "/dicom-web", client(ca, {}), proxy_pids),
         ]
+        if args.python:
+            targets.append(
+                Target(
+                    "python",
+                    python_url + "/dicom-web",
+                    client(ca, {"Authorization": f"Bearer {token}"}),
+                    python_pids,
+                )
+            )
+        if args.uncached:
+            # The alternative measured: a Python decision on every request (no cache), which
+            # is what an X-Accel-Redirect design costs per request too.
+            targets.append(
+                Target(
+                    "uncached",
+                    uncached_url + "/dicom-web",
+                    client(ca, {"Authorization": f"Bearer {token}"}),
+                    uncached_pids,
+                )
+            )
         study = volume.VOLUME.study_instance_uid
         axial = volume.axial(160)
         series, sop = axial.SeriesInstanceUID, axial.SOPInstanceUID
@@ -400,7 +448,7 @@ async def main_async(args: argparse.Namespace, stack: dict[str, Any], password: 
                 if c > w.max_concurrency:
                     continue
                 for t in targets:
-                    if w.stow and t.name == "proxy":
+                    if w.stow and t.name in ("proxy", "uncached"):
                         continue  # the proxy adds nothing to a STOW worth a row
                     await measure(t, w, c, 0.5, 20, archive_pid)  # warm-up
                     result = await measure(t, w, c, args.seconds, args.max_requests, archive_pid)
@@ -442,8 +490,11 @@ def print_tables(rows: list[tuple[str, int, str, Result]], args: argparse.Namesp
         )
     by = {(n, c, t): r for n, c, t, r in rows}
     print("\nRatios (throughput; added p50 latency in ms against direct):\n")
-    print("| workload | c | gateway/direct | gateway/proxy | proxy/direct | added p50 ms |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| workload | c | gateway/direct | gateway/proxy | proxy/direct | uncached/direct "
+        "| python/direct | added p50 ms |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, c, target, r in rows:
         if target != "gateway":
             continue
@@ -451,8 +502,12 @@ def print_tables(rows: list[tuple[str, int, str, Result]], args: argparse.Namesp
         gd = f"{r.rps / d.rps:.2f}" if d else "-"
         gp = f"{r.rps / p.rps:.2f}" if p else "-"
         pd = f"{p.rps / d.rps:.2f}" if p and d else "-"
+        u = by.get((name, c, "uncached"))
+        ud = f"{u.rps / d.rps:.2f}" if u and d else "-"
+        py = by.get((name, c, "python"))
+        pyd = f"{py.rps / d.rps:.2f}" if py and d else "-"
         added = f"{r.p50 - d.p50:.1f}" if d else "-"
-        print(f"| {name} | {c} | {gd} | {gp} | {pd} | {added} |")
+        print(f"| {name} | {c} | {gd} | {gp} | {pd} | {ud} | {pyd} | {added} |")
 
 
 def main() -> int:
@@ -465,6 +520,12 @@ def main() -> int:
         "--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[1, 8, 32]
     )
     parser.add_argument("--only", help="comma-separated workload names")
+    parser.add_argument(
+        "--uncached", action="store_true", help="also measure the edge with no decision cache"
+    )
+    parser.add_argument(
+        "--python", action="store_true", help="also measure the gateway alone (before the edge)"
+    )
     args = parser.parse_args()
     stack = json.loads((Path(args.run_dir) / "stack.json").read_text())
     password = Path(stack["archive"]["password_file"]).read_text().strip()

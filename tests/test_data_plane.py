@@ -175,3 +175,30 @@ def test_data_plane_answers_carry_no_product_and_the_security_headers(
         if r.status_code >= 400:
             assert r.json()["error"] in ("not_found", "insufficient_scope")
         assert "orthanc" not in r.text.lower() and "nginx" not in r.text.lower()
+
+
+@pytest.mark.control("AP-5")
+def test_part10_files_streamed_by_the_edge_have_zero_preambles(
+    stack: dict[str, Any], https: httpx.Client, tokens: Any
+) -> None:
+    """The edge streams stored files as they are; every way into the archive writes a zero
+    preamble, so every application/dicom part it returns has one (PS3.10 7.5, CVE-2019-11687)."""
+    from ztstack import demo_data
+
+    radiologist = tokens.user("radiologist")
+    checked = 0
+    for s in demo_data.STUDIES:
+        if s.patient.patient_id == "ZT-P004":
+            continue  # the VIP studies need break-glass
+        r = https.get(
+            f"{stack['dicomweb_url']}/studies/{s.study_instance_uid}",
+            headers=bearer(radiologist) | {"Accept": 'multipart/related; type="application/dicom"'},
+        )
+        assert r.status_code == 200, (s.key, r.text[:200])
+        assert r.headers.get("x-request-id")  # streamed under a decision
+        at = r.content.find(b"DICM")
+        while at != -1:
+            assert r.content[at - 128 : at] == bytes(128), s.key
+            checked += 1
+            at = r.content.find(b"DICM", at + 4)
+    assert checked >= 20
