@@ -52,6 +52,9 @@ _ROOT = "/dicom-web/"
 
 
 def install(app: FastAPI) -> None:
+    edge = app.state.settings.edge
+    # Read once: the secret changes only with a new run directory (and a restart).
+    app.state.edge_secret = edge.secret_file.read_text(encoding="utf-8").strip().encode()
     app.add_route("/_zt/authz", authz, methods=["GET"])
 
 
@@ -66,11 +69,12 @@ async def authz(request: Request) -> Response:
     if mark is not None:
         mark.audited = True  # a decision, not a request of its own: the answer is audited
     edge = settings.edge
-    secret = request.headers.get("x-zt-edge-secret", "")
-    if edge is None or not hmac.compare_digest(
-        secret.encode(), edge.secret_file.read_text(encoding="utf-8").strip().encode()
-    ):
+    secret = request.headers.get("x-zt-edge-secret", "").encode()
+    if edge is None or not hmac.compare_digest(secret, state.edge_secret):
         return Response(status_code=404)
+    # nginx keys its cache on the first Authorization header: decide only when there is one.
+    if len(request.headers.getlist("authorization")) != 1:
+        return _not_here()
     method = request.headers.get("x-zt-original-method", "")
     uri = request.headers.get("x-zt-original-uri", "")
     path, _, query = uri.partition("?")

@@ -78,7 +78,7 @@ class EdgeLogAuditor:
         complete = chunk[: chunk.rfind(b"\n") + 1]
         if not complete:
             return 0
-        lines = [json.loads(line) for line in complete.splitlines() if line.strip()]
+        lines = [parse_line(line) for line in complete.splitlines() if line.strip()]
         batches = self.records(lines)
         if batches:
             self.store.append_many(batches)
@@ -129,6 +129,20 @@ class EdgeLogAuditor:
             except Exception:
                 log.exception("edge audit: poll failed; retrying in %s s", interval)
             time.sleep(interval)
+
+
+def parse_line(raw: bytes) -> dict[str, Any]:
+    """One log line. nginx's `escape=json` leaves bytes above 0x7F as they came (a URI may hold
+    any byte), so decoding replaces what is not UTF-8; a line that still does not parse becomes
+    a refusal record of its own instead of stopping the audit (the audit must never stall on
+    input a client chose)."""
+    try:
+        line = json.loads(raw.decode("utf-8", "replace"))
+        if isinstance(line, dict):
+            return line
+    except ValueError:
+        pass
+    return {"m": "?", "u": raw[:512].decode("latin-1"), "s": 400, "g": "", "ip": ""}
 
 
 def delivered(row: dict[str, Any], delivery: Delivery, now: Any) -> AuditMessage:
