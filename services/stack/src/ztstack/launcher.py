@@ -125,19 +125,7 @@ def build_services(
         python = gateway.check_installed()
         nginx = edge.check_installed()
         sock = edge.socket_path(run)
-        settings = gateway.render(
-            run,
-            port=ports.gateway,
-            issuer=issuer,
-            archive_url=archive_url,
-            dimse_port=ports.dimse,
-            edge={
-                "socket": str(sock),
-                "secret_file": str(edge.secret_file(run)),
-                "decision_ttl_seconds": edge.DECISION_TTL_SECONDS,
-                "access_log": str(edge.access_log(run)),
-            },
-        )
+        settings = render_gateway(run, ports)
         services.append(
             procs.Service(
                 "gateway",
@@ -185,6 +173,24 @@ def build_services(
         )
         services += [bridge_service(python, settings, d) for d in gateway.legacy_devices(run)]
     return services
+
+
+def render_gateway(run: RunDir, ports: Ports) -> Path:
+    """The stack's gateway settings: behind the edge, on its Unix socket (the one rendering,
+    for `up` and for every later re-render such as `bridge add`)."""
+    return gateway.render(
+        run,
+        port=ports.gateway,
+        issuer=idp.issuer(ports.idp),
+        archive_url=f"https://localhost:{ports.orthanc_http}",
+        dimse_port=ports.dimse,
+        edge={
+            "socket": str(edge.socket_path(run)),
+            "secret_file": str(edge.secret_file(run)),
+            "decision_ttl_seconds": edge.DECISION_TTL_SECONDS,
+            "access_log": str(edge.access_log(run)),
+        },
+    )
 
 
 def _uds_ok(path: Path) -> bool:
@@ -426,13 +432,7 @@ def _restart_door_and_bridges(run: RunDir, start_bridge: str | None) -> dict[str
     ports = choose("default", run.ports_json)
     ensure_pki(run.pki, gateway.bridge_names(run))
     python = gateway.check_installed()
-    settings = gateway.render(
-        run,
-        port=ports.gateway,
-        issuer=idp.issuer(ports.idp),
-        archive_url=f"https://localhost:{ports.orthanc_http}",
-        dimse_port=ports.dimse,
-    )
+    settings = render_gateway(run, ports)
     pids: dict[str, int] = {}
     if procs.read_pid(run, "dimse") is not None:
         procs.stop(run, "dimse")
