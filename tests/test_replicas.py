@@ -29,7 +29,7 @@ from dicomweb_cli import generate_key, make_proof
 from dicomweb_gateway.audit.store import AuditStore, Filters
 from pydicom.uid import generate_uid
 
-from tests.conftest import ExtraGateway, ca_context, gateway_process
+from tests.conftest import ArchiveLog, ExtraGateway, ca_context, gateway_process
 from tests.dicom_parts import CT_IMAGE, multipart, new_instance, part10
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -394,9 +394,16 @@ def test_replica_killed_mid_stow_leaves_no_partial_state(
         except httpx.HTTPError as exc:
             outcome.append(exc)
 
+    log = ArchiveLog(Path(d.stack["archive"]["request_log"]))
+    mark = log.mark()
     sender = threading.Thread(target=send)
     sender.start()
-    time.sleep(0.4)
+    # Killed in the middle: once the archive has received the first of the 80 instances.
+    wait_for(
+        lambda: any(e.method == "POST" for e in log.since(mark, everything=True)),
+        60,
+        "the replica starts forwarding the STOW",
+    )
     os.kill(a.pid, signal.SIGKILL)
     sender.join(60)
     assert outcome and isinstance(outcome[0], httpx.HTTPError), outcome
@@ -404,8 +411,14 @@ def test_replica_killed_mid_stow_leaves_no_partial_state(
     done = audit_verify(d.audit_url)
     assert done.returncode == 0, done.stdout + done.stderr
     # No half-recorded claims: the same store, retried through the other replica, succeeds.
-    retry = client.post(f"{b.url}/dicom-web/studies", headers=headers, content=body)
-    assert retry.status_code == 200, retry.text
+    retried: list[httpx.Response] = []
+
+    def stored_through_b() -> bool:
+        retried.append(client.post(f"{b.url}/dicom-web/studies", headers=headers, content=body))
+        return retried[-1].status_code == 200
+
+    wait_for(stored_through_b, 60, "the interrupted store, retried on the other replica")
+    assert {r.status_code for r in retried} <= {200, 503}
     store = AuditStore(d.audit_url)
     try:
         assert store.search(Filters(study=study))
@@ -423,7 +436,7 @@ def test_audit_store_disk_full_fails_closed_with_a_clear_log_line(
     import pwd
 
     d = deployment
-    disk = tmp_path / "small-disk"
+    disk = d.cluster.root / "small-disk"  # where the server's user may go
     disk.mkdir()
     owner = pwd.getpwnam(d.cluster.user) if d.cluster.user else None
     uid_gid = f",uid={owner.pw_uid},gid={owner.pw_gid}" if owner else ""
@@ -479,3 +492,4 @@ def test_audit_store_disk_full_fails_closed_with_a_clear_log_line(
             d.cluster.psql("DROP DATABASE IF EXISTS audit_full")
             d.cluster.psql("DROP TABLESPACE IF EXISTS small")
         subprocess.run(["umount", str(disk)], check=False)
+        disk.rmdir()
