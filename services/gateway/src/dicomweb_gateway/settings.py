@@ -193,7 +193,8 @@ class Audit(_Section):
     source_id: str = "zt-gateway"
     syslog: Syslog | None = None
     # Records that could not be committed (store down or full) wait here, fsynced, and are
-    # appended to the chain once it accepts writes again; default <run_dir>/audit-spill.
+    # appended to the chain once it accepts writes again; default <run_dir>/audit-spill/<id of
+    # the audit store>. Replicas may share one only when they share the audit store.
     spill_dir: Path | None = None
 
 

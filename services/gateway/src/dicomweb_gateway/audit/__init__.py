@@ -243,7 +243,13 @@ def _spill_dir(settings: Settings) -> Path | None:
     if configured:
         return Path(configured)
     run_dir = getattr(settings, "run_dir", None)
-    return Path(run_dir) / "audit-spill" if run_dir else None
+    if not run_dir:
+        return None
+    # One directory per audit store: a gateway adopts only spills meant for its own chain.
+    import hashlib
+
+    store = hashlib.sha256(str(settings.audit.database_url).encode()).hexdigest()[:16]
+    return Path(run_dir) / "audit-spill" / store
 
 
 def _spool_all(shipper: SyslogShipper, messages: list[AuditMessage]) -> None:
