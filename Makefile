@@ -34,8 +34,12 @@ test: bootstrap ## Install what is missing, lint (fail fast), then unit + end-to
 lint: bootstrap ## ruff and mypy (strict for the gateway); `make test` runs it first
 	@$(LINT)
 
-bench: bootstrap ## Benchmark direct vs edge+gateway vs plain proxy (BENCH_ARGS=--uncached ...)
+bench: bootstrap ## Benchmark direct vs edge+gateway vs plain proxy (BENCH_ARGS=--uncached ...); audit append rate
 	@$(PY) scripts/bench.py --run-dir $(RUN_DIR) $(BENCH_ARGS)
+	@$(PY) scripts/bench_audit.py
+
+soak: bootstrap ## Two replicas on one PostgreSQL, mixed demo traffic (SOAK_SECONDS=600); needs `make up`
+	@$(PY) scripts/soak.py --run-dir $(RUN_DIR)
 
 scale: bootstrap ## Search at scale: N synthetic studies (SCALE_SIZES=1000,10000), direct vs gateway
 	@SCALE_SIZES=$(or $(SCALE_SIZES),1000,10000,100000) $(PY) scripts/scale.py
@@ -44,4 +48,4 @@ lock: ## Re-resolve Python pins into requirements/constraints.txt
 	@$(VENV)/bin/pip install -q -r requirements/base.in && \
 	 $(VENV)/bin/pip freeze --all --exclude-editable | grep -v "^pip==" > requirements/constraints.txt
 
-.PHONY: help bootstrap up down status logs test lint bench scale lock
+.PHONY: help bootstrap up down status logs test lint bench soak scale lock

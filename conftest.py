@@ -2,4 +2,4 @@
 (`python -m pytest` or the bare `pytest` script), since pytest puts this directory on sys.path
 before importing this file."""
 
-pytest_plugins = ["tests.plugins.controls"]
+pytest_plugins = ["tests.plugins.controls", "tests.plugins.postgres"]

@@ -14,9 +14,11 @@ PYTHON=${PYTHON:-python3}
 # works with OpenSSL 3 (see services/stack/src/ztstack/templates/civetweb_openssl3.c).
 # docker-compose (v1, Debian) and kubernetes-client (kubectl kustomize): the offline checks of
 # compose/ and deploy/ (docs/deploy.md); neither needs a Docker engine or a cluster.
+# postgresql: the server binaries for the PostgreSQL tests (a throwaway cluster per test session,
+# tests/plugins/postgres.py), `make bench` and `make soak`; its own cluster is not used.
 APT_PACKAGES=(orthanc orthanc-dicomweb dcmtk chromium iproute2 nodejs npm ca-certificates gcc libc6-dev
   nginx-light libnginx-mod-http-headers-more-filter
-              docker-compose kubernetes-client)
+              docker-compose kubernetes-client postgresql)
 
 say() { printf '[bootstrap] %s\n' "$*"; }
 

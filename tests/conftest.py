@@ -165,44 +165,53 @@ class ExtraGateway:
     log: Path
 
 
-@pytest.fixture
-def extra_gateway(
-    stack: dict[str, Any],
-) -> Callable[..., contextlib.AbstractContextManager[ExtraGateway]]:
-    """`with extra_gateway({"audit": {...}}) as gw:` -> a gateway on gw.url with those settings."""
+@contextlib.contextmanager
+def gateway_process(
+    stack: dict[str, Any], overrides: dict[str, Any], wait_healthy: bool = True
+) -> Iterator[ExtraGateway]:
+    """One more gateway process with settings deep-merged from `overrides`, stopped on exit."""
     from ztstack import gateway, procs
     from ztstack.health import get_ok
     from ztstack.ports import free_port
     from ztstack.rundir import RunDir
 
     run = RunDir.at(stack["run_dir"])
+    python = gateway.check_installed()
+    port = free_port()
+    name = f"gateway-extra-{port}"
+    settings = gateway.render(
+        run,
+        port=port,
+        issuer=stack["idp_issuer"],
+        archive_url=stack["archive"]["http_url"],
+        name=f"settings-extra-{port}.yaml",
+        # Same resource (token audience) as the main gateway, so its tokens are valid here.
+        overrides=gateway.deep_merge({"public_url": stack["resource"]}, overrides),
+    )
+    url = f"https://localhost:{port}"
+    svc = procs.Service(
+        name,
+        gateway.serve_command(python, settings),
+        lambda: get_ok(f"{url}/healthz", Path(stack["ca_cert"])),
+    )
+    pid = procs.start(run, svc)
+    try:
+        if wait_healthy:
+            procs.wait_healthy(run, svc, pid)
+        yield ExtraGateway(url, port, pid, settings, run.log(name))
+    finally:
+        procs.stop(run, name)
 
-    @contextlib.contextmanager
-    def start(overrides: dict[str, Any], wait_healthy: bool = True) -> Iterator[ExtraGateway]:
-        python = gateway.check_installed()
-        port = free_port()
-        name = f"gateway-extra-{port}"
-        settings = gateway.render(
-            run,
-            port=port,
-            issuer=stack["idp_issuer"],
-            archive_url=stack["archive"]["http_url"],
-            name=f"settings-extra-{port}.yaml",
-            # Same resource (token audience) as the main gateway, so its tokens are valid here.
-            overrides=gateway.deep_merge({"public_url": stack["resource"]}, overrides),
-        )
-        url = f"https://localhost:{port}"
-        svc = procs.Service(
-            name,
-            gateway.serve_command(python, settings),
-            lambda: get_ok(f"{url}/healthz", Path(stack["ca_cert"])),
-        )
-        pid = procs.start(run, svc)
-        try:
-            if wait_healthy:
-                procs.wait_healthy(run, svc, pid)
-            yield ExtraGateway(url, port, pid, settings, run.log(name))
-        finally:
-            procs.stop(run, name)
+
+@pytest.fixture
+def extra_gateway(
+    stack: dict[str, Any],
+) -> Callable[..., contextlib.AbstractContextManager[ExtraGateway]]:
+    """`with extra_gateway({"audit": {...}}) as gw:` -> a gateway on gw.url with those settings."""
+
+    def start(
+        overrides: dict[str, Any], wait_healthy: bool = True
+    ) -> contextlib.AbstractContextManager[ExtraGateway]:
+        return gateway_process(stack, overrides, wait_healthy)
 
     return start

@@ -35,6 +35,7 @@ from .ratelimit import RateLimiter
 from .replay import SqlReplayCache, make_engine
 from .rewrite import UrlRewriter
 from .settings import Settings, load_settings
+from .store.engines import pool_of
 
 log = logging.getLogger("dicomweb_gateway")
 
@@ -69,7 +70,7 @@ def create_app(
 ) -> FastAPI:
     """Build the gateway. Transports and hooks are injectable for unit tests."""
     workers = max(1, settings.workers)
-    replay = SqlReplayCache(make_engine(settings.database_url))
+    replay = SqlReplayCache(make_engine(settings.database_url, pool_of(settings)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -33,6 +33,7 @@ from .store import (
     ingest,
     load_ingest_rules,
 )
+from .store.engines import pool_of
 from .store.index import IndexEntry, StudyIndex
 from .store.matching import INDEXED_STUDY_KEYS
 from .store.predicate import NotCompilable, Predicate, compile_policy
@@ -78,7 +79,7 @@ class Authorizer:
         policy store. `archive` is the gateway's `OrthancArchive`; without one, `start()`
         builds its own from the settings for the change feed."""
         policy, rules = load_policy_files(settings.policy.file, settings.policy.ingest_rules_file)
-        store = PolicyStore(settings.database_url)
+        store = PolicyStore(settings.database_url, pool_of(settings))
         store.migrate()
         authorizer = cls(
             policy,
@@ -382,7 +383,7 @@ class Authorizer:
 
     async def _studies(self, uids: set[str]) -> dict[str, StudyFacts]:
         """Study facts, from this worker's cache while the store is unchanged."""
-        cache = self._cache.current(self.store.change_marker())
+        cache = self._cache.current(await self.store.change_marker())
         if cache is None:
             return await self.store.studies(uids)
         # The answer is built from what was read before anything is remembered: remembering
@@ -403,7 +404,7 @@ class Authorizer:
             return frozenset()
         now = datetime.fromtimestamp(self.clock(), UTC)
         key = (principal.subject, principal.issuer)
-        cache = self._cache.current(self.store.change_marker())
+        cache = self._cache.current(await self.store.change_marker())
         if cache is None:
             return await self.store.active_grants(principal.subject, principal.issuer, now)
         expiries = cache.grants.get(key)

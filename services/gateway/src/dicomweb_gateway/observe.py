@@ -31,6 +31,13 @@ LATENCY = Histogram(
 DENIALS = Counter(
     "gateway_denials_total", "Refused requests by error code", ["code"], registry=REGISTRY
 )
+# The study index is maintained by one worker of one replica at a time (the lease): only that
+# process counts rounds, so across a deployment exactly one process's counter grows (AO-3).
+INDEX_ROUNDS = Counter(
+    "gateway_index_rounds_total",
+    "Change-feed rounds this process ran while holding the index lease",
+    registry=REGISTRY,
+)
 
 
 class JsonFormatter(logging.Formatter):

@@ -17,9 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .context import Action, RequestContext
-from .errors import GatewayError
+from .errors import GatewayError, service_unavailable
 from .http import audit_mark, error_response
 from .observe import log_request
+from .store.engines import unavailable
 
 log = logging.getLogger("dicomweb_gateway")
 
@@ -85,14 +86,22 @@ async def guarded(
         ctx.error_code = error.code
         ctx.error_detail = error.detail
         response = error_response(error, ctx.request_id)
-    except Exception:  # the last line of defence: nothing internal leaves (AP-6)
-        log.exception("unhandled error", extra={"fields": {"request_id": ctx.request_id}})
-        ctx.status = 500
-        ctx.error_code = "internal_error"
-        ctx.error_detail = "unhandled exception"
-        response = error_response(
-            GatewayError(500, "internal_error", "internal error"), ctx.request_id
-        )
+    except Exception as exc:
+        if unavailable(exc):
+            # The policy store or replay cache cannot be reached: fail closed with 503 (AO-2).
+            # Every step that needs the store runs before anything is forwarded.
+            log.error(
+                "database unavailable: %s",
+                exc.__class__.__name__,
+                extra={"fields": {"request_id": ctx.request_id}},
+            )
+            failure = service_unavailable("database unavailable")
+        else:  # the last line of defence: nothing internal leaves (AP-6)
+            log.exception("unhandled error", extra={"fields": {"request_id": ctx.request_id}})
+            failure = GatewayError(500, "internal_error", "internal error", "unhandled exception")
+        ctx.status, ctx.error_code = failure.status, failure.code
+        ctx.error_detail = failure.detail
+        response = error_response(failure, ctx.request_id)
     response.headers["x-request-id"] = ctx.request_id
     mark = audit_mark(request.scope)
     if mark is not None:

@@ -1,7 +1,9 @@
 """The DPoP `jti` replay cache (RFC 9449 section 11.1), shared by every worker process.
 
 It lives in the gateway's SQL database (`database_url`) rather than in process memory: with
-several uvicorn workers a proof replayed to another worker must still be refused (ID-5).
+several uvicorn workers, or several gateway replicas on one PostgreSQL database, a proof
+replayed to another worker or replica must still be refused (ID-5, AO-3). The primary key
+decides: of two concurrent first uses of one `jti`, the database lets exactly one insert win.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from .store.engines import DEFAULT_POOL, PoolOptions, postgres_options
+from .store.engines import async_url as _async_url
+
+_SCHEMA_LOCK = 0x5A7_0001  # the same key as store.db.SCHEMA_LOCK
 _metadata = sa.MetaData()
 dpop_jti = sa.Table(
     "dpop_jti",
@@ -22,16 +28,15 @@ dpop_jti = sa.Table(
 
 
 def async_url(url: str) -> str:
-    """sqlite:///x -> sqlite+aiosqlite:///x; postgresql:// -> postgresql+asyncpg://."""
-    if url.startswith("sqlite://"):
-        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
-    if url.startswith("postgresql://"):
-        return "postgresql+asyncpg://" + url[len("postgresql://") :]
-    return url
+    """sqlite:///x -> sqlite+aiosqlite:///x; postgresql:// -> postgresql+psycopg:// (async)."""
+    return _async_url(url).render_as_string(hide_password=False)
 
 
-def make_engine(url: str) -> AsyncEngine:
-    engine = create_async_engine(async_url(url), pool_pre_ping=True)
+def make_engine(url: str, pool: PoolOptions = DEFAULT_POOL) -> AsyncEngine:
+    target = _async_url(url)
+    if target.get_backend_name() == "postgresql":
+        return create_async_engine(target, **postgres_options(pool))
+    engine = create_async_engine(target, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
 
         @sa.event.listens_for(engine.sync_engine, "connect")
@@ -59,6 +64,11 @@ class SqlReplayCache:
         for attempt in range(1, attempts + 1):
             try:
                 async with self._engine.begin() as conn:
+                    if conn.dialect.name == "postgresql":
+                        # Replicas start together: one creates the table, the others wait.
+                        await conn.execute(
+                            sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK}
+                        )
                     await conn.run_sync(_metadata.create_all)
                 break
             except DatabaseError as exc:

@@ -202,6 +202,33 @@ class Audit(_Section):
     database_url: SqlUrl
     source_id: str = "zt-gateway"
     syslog: Syslog | None = None
+    # Records that could not be committed (store down or full) wait here, fsynced, and are
+    # appended to the chain once it accepts writes again; default <run_dir>/audit-spill/<id of
+    # the audit store>. Replicas may share one only when they share the audit store.
+    spill_dir: Path | None = None
+
+
+class DatabasePool(_Section):
+    """PostgreSQL connection pool and timeouts of every store (store/engines.py)."""
+
+    size: Annotated[int, Field(ge=1, le=100)] = 5
+    max_overflow: Annotated[int, Field(ge=0, le=100)] = 10
+    timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+    connect_timeout_seconds: Annotated[int, Field(ge=1, le=60)] = 3
+    statement_timeout_seconds: Annotated[int, Field(ge=1, le=600)] = 15
+    lock_timeout_seconds: Annotated[int, Field(ge=1, le=600)] = 10
+
+    def options(self) -> Any:
+        from .store.engines import PoolOptions
+
+        return PoolOptions(
+            size=self.size,
+            max_overflow=self.max_overflow,
+            timeout_seconds=self.timeout_seconds,
+            connect_timeout_seconds=self.connect_timeout_seconds,
+            statement_timeout_seconds=self.statement_timeout_seconds,
+            lock_timeout_seconds=self.lock_timeout_seconds,
+        )
 
 
 class Limits(_Section):
@@ -315,6 +342,7 @@ class Settings(_Section):
     dpop: Dpop = Dpop()
     archive: Archive
     database_url: SqlUrl
+    database_pool: DatabasePool = DatabasePool()
     policy: Policy
     audit: Audit
     limits: Limits = Limits()

@@ -15,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..context import RequestContext
 from ..errors import service_unavailable
+from ..store.engines import pool_of
 from .messages import AuditMessage, Participants, host_of, messages_for
+from .spill import Spill, retry_delay
 from .store import AuditStore, AuditStoreError, Filters, now_utc
 from .syslog import Spool, SyslogShipper
 
@@ -42,6 +45,7 @@ class Auditor:
         participants: Participants | None = None,
         shipper: SyslogShipper | None = None,
         public_url: str = "",
+        spill_dir: Path | None = None,
     ) -> None:
         # Without a store (the app factory's placeholder), messages are kept in memory only.
         self.store = store
@@ -55,6 +59,9 @@ class Auditor:
         # Group commit: records waiting for the next transaction, and the task writing them.
         self._queue: list[tuple[list[AuditMessage], str, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
+        # Records whose commit failed, until the chain takes them (audit/spill.py).
+        self.spill = Spill(spill_dir)
+        self._recovery: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Auditor:
@@ -75,18 +82,37 @@ class Auditor:
             shipper = SyslogShipper(
                 spool, audit.syslog.host, audit.syslog.port, tls, app=audit.source_id
             )
-        return cls(AuditStore(audit.database_url), participants, shipper, settings.public_url)
+        pool = pool_of(settings)
+        return cls(
+            AuditStore(audit.database_url, pool),
+            participants,
+            shipper,
+            settings.public_url,
+            _spill_dir(settings),
+        )
 
     async def start(self) -> None:
-        """Called by the app's lifespan: resume delivering what an earlier run left spooled."""
+        """Called by the app's lifespan: append what an earlier gateway left in the spill and
+        resume delivering what an earlier run left spooled."""
+        if self.store is not None:
+            await asyncio.to_thread(self.spill.adopt_orphans)
+            if self.spill.pending:
+                self._recover()
         if self.shipper is not None:
             await asyncio.to_thread(self.shipper.spool.prepare)
             if self.shipper.spool.pending():
                 self.shipper.wake()
 
     async def preflight(self) -> None:
-        """Raise 503 unless the store accepted a write lock within the last second (AO-2)."""
-        if self.store is None or time.monotonic() < self._writable_until:
+        """Raise 503 unless the store accepted a write lock within the last second and no
+        record is waiting in the spill (AO-2: nothing is forwarded while records can be lost)."""
+        if self.store is None:
+            return
+        if self.spill.pending:
+            raise service_unavailable(
+                f"audit store recovering: {len(self.spill.rows)} records not yet in the chain"
+            )
+        if time.monotonic() < self._writable_until:
             return
         try:
             await asyncio.to_thread(self.store.check_writable)
@@ -110,7 +136,6 @@ class Auditor:
             # The answer waits until its own record is committed (durable), not just queued.
             await done
         except AuditStoreError as exc:
-            log.error("audit record lost for request %s: %s", ctx.request_id, exc)
             raise service_unavailable(str(exc)) from None
         if self.shipper is not None:
             await self._ship(messages)
@@ -136,6 +161,21 @@ class Auditor:
                     if isinstance(exc, AuditStoreError)
                     else AuditStoreError(f"audit write failed: {exc.__class__.__name__}")
                 )
+                # The requests may have reached the archive already: keep their records.
+                rows = [
+                    AuditStore._row(message, rid)
+                    for messages, rid, _ in batch
+                    for message in messages
+                ]
+                await asyncio.to_thread(self.spill.add, rows)
+                log.error(
+                    "%s; %d records of %d requests kept in the audit spill, every request "
+                    "refused (503) until they are in the chain",
+                    error,
+                    len(rows),
+                    len(batch),
+                )
+                self._recover()
                 for _, _, done in batch:
                     if not done.done():
                         done.set_exception(error)
@@ -143,6 +183,29 @@ class Auditor:
                 for _, _, done in batch:
                     if not done.done():
                         done.set_result(None)
+
+    def _recover(self) -> None:
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.create_task(self._drain_spill(), name="audit-spill")
+
+    async def _drain_spill(self) -> None:
+        """Append the spilled records once the store takes writes again (then requests flow)."""
+        assert self.store is not None
+        attempt = 0
+        while self.spill.pending:
+            rows: list[dict[str, Any]] = list(self.spill.rows)
+            try:
+                await asyncio.to_thread(self.store.append_rows, rows, True)
+            except Exception as exc:
+                if attempt % 20 == 0:
+                    log.warning("audit spill: %d records still waiting: %s", len(rows), exc)
+                await asyncio.sleep(retry_delay(attempt))
+                attempt += 1
+                continue
+            await asyncio.to_thread(self.spill.committed, len(rows))
+            log.warning(
+                "audit spill: %d records appended to the chain; accepting requests", len(rows)
+            )
 
     async def _ship(self, messages: list[AuditMessage]) -> None:
         assert self.shipper is not None
@@ -166,10 +229,27 @@ class Auditor:
     async def close(self) -> None:
         if self._writer is not None and not self._writer.done():
             await self._writer
+        if self._recovery is not None and not self._recovery.done():
+            self._recovery.cancel()  # what is left stays in the spill file for the next start
+        self.spill.close()
         if self.shipper is not None:
             await self.shipper.close()
         if self.store is not None:
             self.store.dispose()
+
+
+def _spill_dir(settings: Settings) -> Path | None:
+    configured = getattr(settings.audit, "spill_dir", None)
+    if configured:
+        return Path(configured)
+    run_dir = getattr(settings, "run_dir", None)
+    if not run_dir:
+        return None
+    # One directory per audit store: a gateway adopts only spills meant for its own chain.
+    import hashlib
+
+    store = hashlib.sha256(str(settings.audit.database_url).encode()).hexdigest()[:16]
+    return Path(run_dir) / "audit-spill" / store
 
 
 def _spool_all(shipper: SyslogShipper, messages: list[AuditMessage]) -> None:

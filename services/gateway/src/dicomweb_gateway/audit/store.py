@@ -6,6 +6,14 @@ changing, deleting or reordering any record breaks the chain and `verify` names 
 `audit_head` holds the last sequence number and hash: it is the lock every writer takes (so the
 chain stays linear with several worker processes) and it exposes a deleted tail.
 
+PostgreSQL (several gateway replicas appending to one chain): the writer locks the
+`audit_head` row (`SELECT ... FOR UPDATE`) first in its transaction, reads the previous hash and
+sequence there, inserts its records and moves the head, then commits: appends from every
+process are serialized on that row lock, so the chain stays linear, and a writer killed
+mid-append leaves nothing (the transaction rolls back, the head is unchanged). Plain-SQL
+UPDATE and DELETE are refused by triggers, as on SQLite; the schema is created once under an
+advisory lock. The engine has a bounded pool and timeouts (store/engines.py).
+
 SQLite: writers open `BEGIN IMMEDIATE` (one writer at a time across processes, others wait on
 the busy timeout), WAL journal with `synchronous=NORMAL` (a committed record survives a crash of
 the gateway; an OS crash or power loss may drop the last commits, never half of one: about 1 ms
@@ -55,6 +63,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..store.engines import DEFAULT_POOL, PoolOptions, postgres_options, sync_url
 from .messages import AuditMessage, utc_timestamp, xml_safe
 from .schema import validate
 
@@ -123,8 +132,38 @@ _APPEND_ONLY = tuple(
 )
 
 
+_PG_APPEND_ONLY = (
+    "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN RAISE EXCEPTION 'audit records are append-only'; END $$",
+    *(
+        f"CREATE OR REPLACE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
+        "FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()"
+        for table in ("audit_record", "audit_object")
+        for verb in ("UPDATE", "DELETE", "TRUNCATE")
+    ),
+)
+_SCHEMA_LOCK = 0x5A7_0002  # pg_advisory_xact_lock key: one process creates the schema
+
+
 class AuditStoreError(Exception):
     """The store cannot be read or written."""
+
+
+class AuditStoreFull(AuditStoreError):
+    """The store's disk (or quota) is full: no record can be added until space is freed."""
+
+
+def _failure(what: str, exc: SQLAlchemyError) -> AuditStoreError:
+    """A clear error for the log and the 503 detail; a full disk is named as such."""
+    text_ = str(getattr(exc, "orig", exc)).lower()
+    if any(
+        m in text_ for m in ("disk is full", "no space left", "could not extend file", "disk full")
+    ):
+        return AuditStoreFull(
+            f"{what}: audit store full (no space left on its disk); requests are refused "
+            "until space is freed"
+        )
+    return AuditStoreError(f"{what}: {exc.__class__.__name__}")
 
 
 def record_hash(prev_hash: str, row: dict[str, Any]) -> str:
@@ -178,9 +217,10 @@ class Filters:
 
 
 class AuditStore:
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, pool: PoolOptions = DEFAULT_POOL) -> None:
         self.url = database_url
         self._sqlite = make_url(database_url).get_backend_name() == "sqlite"
+        self._pool = pool
         self._writer = self._engine(immediate=True)
         self._reader = self._engine(immediate=False) if self._sqlite else self._writer
         self._ready = False
@@ -188,7 +228,7 @@ class AuditStore:
 
     def _engine(self, *, immediate: bool) -> Engine:
         if not self._sqlite:
-            return create_engine(self.url, pool_pre_ping=True)
+            return create_engine(sync_url(self.url), **postgres_options(self._pool))
         engine = create_engine(self.url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -221,16 +261,17 @@ class AuditStore:
                 return
             try:
                 with self._writer.begin() as conn:
+                    if not self._sqlite:
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
                     metadata.create_all(conn)
-                    if self._sqlite:
-                        for statement in _APPEND_ONLY:
-                            conn.exec_driver_sql(statement)
+                    for statement in _APPEND_ONLY if self._sqlite else _PG_APPEND_ONLY:
+                        conn.exec_driver_sql(statement)
                     head = conn.execute(select(audit_head.c.id)).first()
                     if head is None:
                         conn.execute(insert(audit_head).values(id=1, seq=0, hash=GENESIS))
                     _migrate(conn)
             except SQLAlchemyError as exc:
-                raise AuditStoreError(f"audit store unavailable: {exc.__class__.__name__}") from exc
+                raise _failure("audit store unavailable", exc) from exc
             self._ready = True
 
     # --- writing --------------------------------------------------------------------------
@@ -242,7 +283,7 @@ class AuditStore:
             with self._writer.begin() as conn:
                 conn.execute(select(audit_head.c.seq).where(audit_head.c.id == 1)).one()
         except SQLAlchemyError as exc:
-            raise AuditStoreError(f"audit store not writable: {exc.__class__.__name__}") from exc
+            raise _failure("audit store not writable", exc) from exc
 
     def append(self, messages: Sequence[AuditMessage], request_id: str = "") -> list[int]:
         """Append messages in one transaction, chained after the current head."""
@@ -256,6 +297,15 @@ class AuditStore:
             for messages, request_id in batches
             for message in messages
         ]
+        return self.append_rows(rows)
+
+    def append_rows(self, rows: Sequence[dict[str, Any]], recovered: bool = False) -> list[int]:
+        """Chain rows (`_row` dicts) after the current head, in one transaction.
+
+        `recovered`: rows spilled earlier by a writer whose commit failed (audit/spill.py); one
+        already in the chain (a commit that succeeded although its acknowledgement was lost)
+        is not added twice: same request id, time, event and message.
+        """
         if not rows:
             return []
         self.ensure_schema()
@@ -266,6 +316,10 @@ class AuditStore:
                     .where(audit_head.c.id == 1)
                     .with_for_update()  # PostgreSQL row lock; SQLite has BEGIN IMMEDIATE
                 ).one()
+                if recovered:
+                    rows = [row for row in rows if not _present(conn, row)]
+                    if not rows:
+                        return []
                 seq, prev = int(head.seq), str(head.hash)
                 values = []
                 for row in rows:
@@ -282,7 +336,7 @@ class AuditStore:
                 )
                 return [v["seq"] for v in values]
         except SQLAlchemyError as exc:
-            raise AuditStoreError(f"audit write failed: {exc.__class__.__name__}") from exc
+            raise _failure("audit write failed", exc) from exc
 
     @staticmethod
     def _row(message: AuditMessage, request_id: str) -> dict[str, Any]:
@@ -434,6 +488,18 @@ class AuditStore:
             self._reader.dispose()
 
 
+def _present(conn: Connection, row: dict[str, Any]) -> bool:
+    c = audit_record.c
+    found = conn.execute(
+        select(c.message).where(
+            c.request_id == row["request_id"],
+            c.recorded_at == row["recorded_at"],
+            c.event_id == row["event_id"],
+        )
+    ).all()
+    return any(r.message == row["message"] for r in found)
+
+
 def _lenient_text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
@@ -496,7 +562,10 @@ def now_utc() -> datetime:
 
 
 def drop_append_only_guard(conn: Connection) -> None:
-    """For tamper tests and forensic tooling only: what an attacker with file access can do."""
+    """For tamper tests and forensic tooling only: what an attacker with file (or database
+    owner) access can do."""
+    postgres = conn.dialect.name == "postgresql"
     for table in ("audit_record", "audit_object"):
-        for verb in ("update", "delete"):
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_{verb}"))
+        for verb in ("update", "delete", "truncate") if postgres else ("update", "delete"):
+            on = f" ON {table}" if postgres else ""
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_{verb}{on}"))

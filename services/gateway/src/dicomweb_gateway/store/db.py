@@ -1,8 +1,13 @@
 """The policy store: study facts, label changes, break-glass grants, the change-feed cursor.
 
-SQLite by default (`sqlite:///path`), PostgreSQL by URL (`postgresql://...`, needs the asyncpg
-and psycopg drivers installed). The schema is created and upgraded by the Alembic migrations in
-`migrations/`, run once at start-up (`migrate()`), never by `create_all`.
+SQLite by default (`sqlite:///path`), PostgreSQL by URL (`postgresql://...`, psycopg 3; pool
+and timeouts in `engines.py`). The schema is created and upgraded by the Alembic migrations in
+`migrations/`, the same files on both databases, run once at start-up (`migrate()`, serialized
+across gateway processes), never by `create_all`.
+
+Several gateway replicas share one PostgreSQL database: every write is one transaction, UID
+claims and leases are decided by the database (unique keys, conditional updates), and
+`change_marker()` tells each process's caches when any replica changed the policy facts.
 """
 
 from __future__ import annotations
@@ -23,6 +28,14 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from ..policy import StudyFacts
+from .engines import (
+    DEFAULT_POOL,
+    SQLITE_TIMEOUT_SECONDS,
+    PoolOptions,
+    async_url,
+    postgres_options,
+    sync_url,
+)
 from .models import (
     BreakGlassGrant,
     DeviceRecord,
@@ -34,18 +47,16 @@ from .models import (
 )
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
-_SQLITE_TIMEOUT_SECONDS = 15  # several gateway workers share one SQLite file
+_SQLITE_TIMEOUT_SECONDS = SQLITE_TIMEOUT_SECONDS
+# pg_advisory_xact_lock key of schema changes (migrations), shared by every store's set-up.
+SCHEMA_LOCK = 0x5A7_0001
 
 
 def _driver_urls(database_url: str) -> tuple[URL, URL]:
-    """(sync URL for migrations, async URL for requests) for one configured URL."""
-    url = make_url(database_url)
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return url.set(drivername="sqlite"), url.set(drivername="sqlite+aiosqlite")
-    if backend == "postgresql":
-        return url.set(drivername="postgresql+psycopg"), url.set(drivername="postgresql+asyncpg")
-    raise ValueError(f"database_url: unsupported database {backend!r} (sqlite or postgresql)")
+    """(sync URL for migrations, async URL for requests) for one configured URL: pysqlite and
+    aiosqlite for SQLite, psycopg 3 (sync, then async) for PostgreSQL."""
+    make_url(database_url)  # a malformed URL fails here, with SQLAlchemy's message
+    return sync_url(database_url), async_url(database_url)
 
 
 @dataclass(frozen=True)
@@ -86,13 +97,16 @@ class Claim:
 
 
 class PolicyStore:
-    def __init__(self, database_url: str) -> None:
-        self._sync_url, async_url = _driver_urls(database_url)
-        connect_args: dict[str, Any] = {}
-        if async_url.get_backend_name() == "sqlite":
-            connect_args["timeout"] = _SQLITE_TIMEOUT_SECONDS
-        self.engine: AsyncEngine = create_async_engine(async_url, connect_args=connect_args)
-        if async_url.get_backend_name() == "sqlite":
+    def __init__(self, database_url: str, pool: PoolOptions = DEFAULT_POOL) -> None:
+        self._sync_url, requests_url = _driver_urls(database_url)
+        self._pool = pool
+        self.postgres = requests_url.get_backend_name() == "postgresql"
+        if self.postgres:
+            self.engine: AsyncEngine = create_async_engine(requests_url, **postgres_options(pool))
+        else:
+            self.engine = create_async_engine(
+                requests_url, connect_args={"timeout": _SQLITE_TIMEOUT_SECONDS}
+            )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._session = async_sessionmaker(self.engine, expire_on_commit=False)
         # SQLite: one plain connection that only reads PRAGMA data_version (change_marker).
@@ -110,11 +124,20 @@ class PolicyStore:
             connect_args["timeout"] = _SQLITE_TIMEOUT_SECONDS
             if self._sync_url.database:
                 Path(self._sync_url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(self._sync_url, connect_args=connect_args)
+        options: dict[str, Any] = {"connect_args": connect_args}
+        if self.postgres:
+            options = postgres_options(self._pool) | {"pool_size": 1, "max_overflow": 0}
+        engine = create_engine(self._sync_url, **options)
         try:
             for attempt in range(attempts):
                 try:
                     with engine.begin() as connection:
+                        if self.postgres:
+                            # One process migrates at a time (PostgreSQL DDL is transactional:
+                            # the next one then finds the schema at head and does nothing).
+                            connection.execute(
+                                text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK}
+                            )
                         config = Config()
                         config.set_main_option("script_location", str(_MIGRATIONS))
                         config.attributes["connection"] = connection
@@ -142,14 +165,28 @@ class PolicyStore:
             self._marker_db = None
         await self.engine.dispose()
 
-    def change_marker(self) -> int | None:
-        """A number that changes whenever any connection, in any worker process, commits a
-        change to the store; None when the backend offers no cheap one (nothing is cached then).
+    async def change_marker(self) -> int | None:
+        """A number that changes whenever any connection, in any worker process or gateway
+        replica, commits a change to the policy facts or grants; None when there is no cheap
+        one (nothing is cached then).
 
-        SQLite's `PRAGMA data_version` does exactly this (https://sqlite.org/pragma.html
-        #pragma_data_version): in WAL mode it reads the shared wal-index header, microseconds
-        and no disk I/O, so it can run on the event loop for every request.
+        SQLite: `PRAGMA data_version` (https://sqlite.org/pragma.html#pragma_data_version): in
+        WAL mode it reads the shared wal-index header, microseconds and no disk I/O, so it runs
+        on the event loop for every request. PostgreSQL: the `store_version` row, bumped in the
+        same transaction as every write to `study`, `study_label` and `break_glass_grant` by a
+        trigger (migration 0005): one primary-key read replaces the facts and grants queries.
+        A marker read after a commit is visible sees that commit's number, so a cache filled
+        under a marker never holds an older state than the marker says.
         """
+        if self.postgres:
+            async with self.engine.connect() as connection:
+                value = await connection.scalar(
+                    text("SELECT version FROM store_version WHERE id = 1")
+                )
+            return None if value is None else int(value)
+        return self._sqlite_marker()
+
+    def _sqlite_marker(self) -> int | None:
         if not self._marker_path or self._marker_path == ":memory:":
             return None
         try:

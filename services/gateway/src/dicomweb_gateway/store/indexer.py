@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from ..observe import INDEX_ROUNDS
 from .db import Claim, PolicyStore
 from .feed import DELETED, STUDY_CHANGES, ArchiveSource, ArchiveStudy
 from .index import IndexEntry, StudyIndex
@@ -273,6 +274,7 @@ class ChangeFeedPoller:
         while True:
             try:
                 if await self._hold_lease():
+                    INDEX_ROUNDS.inc()
                     await self.poll_once()
                     due = (
                         self.reconcile_interval is not None and time.monotonic() >= self._next_pass
