@@ -101,6 +101,20 @@ async def search_index(
     return found
 
 
+async def count_matches(
+    authorizer: Any, ctx: RequestContext, transaction: Transaction, query: QidoQuery
+) -> int | None:
+    """How many permitted results match, where the index knows it (studies matched on indexed
+    keys only: one SQL count); None otherwise (series and instances are counted by the
+    archive, batch by batch, which the gateway does not do past the page)."""
+    if transaction is not Transaction.SEARCH_FOR_STUDIES or authorizer.residual_keys(query.matches):
+        return None
+    count: int | None = await authorizer.count_studies(
+        ctx, Action.SEARCH, query.matches, query.fuzzymatching
+    )
+    return count
+
+
 def _narrow(matches: tuple[tuple[str, str], ...], studies: set[str]) -> tuple[tuple[str, str], ...]:
     """The matches with StudyInstanceUID limited to `studies` (intersected with any given)."""
     named = [v for k, v in matches if k == "StudyInstanceUID"]
