@@ -20,7 +20,7 @@ from .archive.orthanc import DICOMWEB_ROOT, WADO_URI_ROOT, OrthancArchive, frame
 from .context import Action, RequestContext, StudyRef
 from .errors import GatewayError, bad_request, not_found
 from .forward import archive_error, request_headers, stream_response
-from .nativexml import DICOM_XML, multipart_xml, native_xml
+from .nativexml import DICOM_XML, multipart_xml, native_xml, rewrite_multipart
 from .parse import (
     METADATA,
     RENDERED,
@@ -332,13 +332,15 @@ async def retrieve(request: Request, ctx: RequestContext, resource: Resource) ->
         raise archive_error(upstream.status_code, ctx.transaction or "retrieve")
     if resource.transaction in METADATA:
         # Metadata carries BulkDataURIs: rewritten, never an archive address (AP-4).
-        body = state.rewriter.rewrite(await upstream.aread())
+        body = await upstream.aread()
         await upstream.aclose()
-        return Response(
-            body,
-            status_code=upstream.status_code,
-            media_type=upstream.headers.get("content-type", DICOM_JSON),
-        )
+        media = upstream.headers.get("content-type", DICOM_JSON)
+        if media.lower().startswith("multipart/"):
+            # PS3.19 XML, one part per instance: parts are rebuilt (their lengths change).
+            body, media = rewrite_multipart(body, media, state.rewriter.rewrite)
+        else:
+            body = state.rewriter.rewrite(body)
+        return Response(body, status_code=upstream.status_code, media_type=media)
     return await stream_response(archive, upstream, head_only=request.method == "HEAD")
 
 

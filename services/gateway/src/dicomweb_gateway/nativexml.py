@@ -146,3 +146,34 @@ def _parse(node: ET.Element) -> dict[str, Any]:
             element["Value"] = values
         out[tag] = element
     return out
+
+
+def rewrite_multipart(body: bytes, content_type: str, rewrite: Any) -> tuple[bytes, str]:
+    """Rewrite each part of a multipart body (URLs: `rewrite(bytes) -> bytes`) and rebuild it,
+    so that no part keeps a Content-Length its new length contradicts."""
+    boundary = ""
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "boundary":
+            boundary = value.strip('"')
+    if not boundary:
+        return rewrite(body), content_type
+    delimiter = b"--" + boundary.encode()
+    parts = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):
+            break
+        head, _, payload = chunk.partition(b"\r\n\r\n")
+        if payload.endswith(b"\r\n"):
+            payload = payload[:-2]
+        media = DICOM_XML
+        for line in head.split(b"\r\n"):
+            field, _, raw = line.partition(b":")
+            if field.strip().lower() == b"content-type":
+                media = raw.strip().decode("ascii", "replace")
+        parts.append((media, rewrite(payload)))
+    out = b"".join(
+        f"--{boundary}\r\nContent-Type: {media}\r\n\r\n".encode() + payload + b"\r\n"
+        for media, payload in parts
+    )
+    return out + f"--{boundary}--\r\n".encode(), content_type
