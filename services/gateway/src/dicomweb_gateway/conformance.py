@@ -218,26 +218,38 @@ def _rows() -> list[Row]:
             "204; as above",
         )
     )
+    wado = "/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={instance}"
     rows.append(
         Row(
             t.RETRIEVE_WADO_URI,
             "GET",
-            "/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={instance}",
+            wado,
             "application/dicom",
             "contentType, transferSyntax, frameNumber, rows, columns, charset",
             SUPPORTED,
-            "PS3.18 9; image/jpeg with contentType=image/jpeg",
+            "PS3.18 9; preamble zeroed; values percent-decoded (the archive reads %2F literally)",
         )
     )
     rows.append(
         Row(
             t.RETRIEVE_WADO_URI,
             "GET",
-            "/wado?requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={instance}",
+            wado,
+            "image/png",
+            "contentType=image/png, rows, columns, frameNumber",
+            SUPPORTED,
+            "also the answer without contentType",
+        )
+    )
+    rows.append(
+        Row(
+            t.RETRIEVE_WADO_URI,
+            "GET",
+            wado,
             "image/jpeg",
             "contentType=image/jpeg",
-            SUPPORTED,
-            "",
+            NOT_OFFERED,
+            "the archive answers image/png (labelled so); use WADO-RS rendered for JPEG",
         )
     )
     rows.append(

@@ -44,6 +44,20 @@ _SORT_TAGS = {
     Transaction.SEARCH_FOR_SERIES: ("0020000E",),
     Transaction.SEARCH_FOR_INSTANCES: ("0020000E", "00080018"),
 }
+# The study attributes the archive returns by default in a series or instance search across
+# studies (PS3.18 table 10.6.3-3), but leaves out once StudyInstanceUID is a matching key, as
+# it is in every query the gateway sends: asked for explicitly, so the answer is the same.
+STUDY_DEFAULTS = (
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+)
 # Series/instance UIDs: narrow the studies to walk to the ones that own them.
 _OWNED_KEYS = {"SeriesInstanceUID": "series", "SOPInstanceUID": "instance"}
 
@@ -184,9 +198,10 @@ async def _query(
     archive_matches: tuple[tuple[str, str], ...],
     returned: tuple[str, ...],
 ) -> list[dict[str, Any]]:
+    defaults = () if transaction is Transaction.SEARCH_FOR_STUDIES else STUDY_DEFAULTS
     sub = QidoQuery(
         matches=(("StudyInstanceUID", ",".join(studies)), *archive_matches),
-        includefields=tuple(dict.fromkeys((*query.includefields, *returned))),
+        includefields=tuple(dict.fromkeys((*query.includefields, *returned, *defaults))),
         limit=None,
         offset=0,
         fuzzymatching=False,
