@@ -401,8 +401,10 @@ def render() -> str:
     )
     out += [
         "",
-        "`includefield=all` names the attributes of the searched level and the levels above it "
-        f"(study: {len(LEVEL_KEYS['study'])} attributes; series: {len(LEVEL_KEYS['series'])}; "
+        "`includefield=all` names every key listed above for the searched level and the "
+        "levels above it (the archive's own `all` is its default set, a subset: accepted by "
+        f"design) (study: {len(LEVEL_KEYS['study'])} attributes; "
+        f"series: {len(LEVEL_KEYS['series'])}; "
         f"instance: {len(LEVEL_KEYS['instance'])}), never those of a lower level.",
         "`RequestAttributeSequence` and matching inside sequences are **not offered by this "
         "archive**.",
@@ -420,6 +422,9 @@ def render() -> str:
         "gateway matches the real value itself, exactly as the archive matches (case-insensitive "
         "for PN and descriptions, case-sensitive for identifiers). Study-level keys the study "
         "index holds are matched in SQL with the same semantics (docs/policy.md, Study index).",
+        "- A raw `+` in a query is a space (form encoding, as dicomweb-client and HTML forms "
+        "write it); a plus sign is `%2B`. The archive reads a raw `+` as a plus: a difference "
+        "accepted by design (a client that percent-encodes gets the same answer from both).",
         "- Wildcards `*` and `?`; date and time ranges `A-B`, `A-`, `-B`; UID lists with `,`.",
         "- `fuzzymatching=true`: for PatientName and ReferringPhysicianName, a value without "
         "wildcards matches names one of whose components begins with it (the archive ignores "
