@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -161,6 +162,14 @@ def dataset(sides: Sides) -> Iterator[Dataset]:
             for item in found:
                 if item.get("Type") == "Study":
                     sides.archive_root.delete(f"/studies/{item['ID']}")
+        # Removed straight from the archive: wait (bounded) until the gateway's study index has
+        # read the deletions from the change feed, so later tests page over what exists.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            left = sides.gateway.get("/studies", params={"PatientID": prefix + "*"}).json()
+            if not left:
+                break
+            time.sleep(1)
 
 
 # ---------------------------------------------------------------- comparison helpers
