@@ -761,10 +761,13 @@ def test_finding7_smaller_mismatches(sides: Sides, dataset: Dataset) -> None:
         },
     )
     assert r.status_code == 406, r.text
-    # An unknown series of a permitted study: empty 200, as the archive answers.
-    path = f"/studies/{first.StudyInstanceUID}/series/1.2.3.4.5.6.7/instances"
-    gateway, archive = _json_pair(sides, path, "")
-    assert gateway == archive == []
+    # An unknown series of a permitted study: 404 by design (the archive: 200 []), the same
+    # answer as for a series of another study (AP-1 mixed paths), so existence never shows.
+    other = dataset.studies[1].SeriesInstanceUID
+    for series in ("1.2.3.4.5.6.7", other):
+        path = f"/studies/{first.StudyInstanceUID}/series/{series}/instances"
+        assert sides.gateway.get(path).status_code == 404
+        assert sides.archive.get(path).json() == []
     # Empty results: 200 with [] (JSON) and a multipart body without parts (XML), never 204.
     r = sides.gateway.get("/studies?PatientID=NO-SUCH-PATIENT")
     assert r.status_code == 200 and r.json() == []

@@ -444,8 +444,10 @@ def render() -> str:
         "never `204`: the archive answers `200 []` and clients (dicomweb-client, OHIF) read "
         "it; CP-2473 allows either, this is the choice.",
         "- A search under `/studies/{study}/series/{series}/instances` for a series the "
-        "permitted study does not hold answers `200 []`, as the archive does (the same answer "
-        "for a series of a study the caller may not see).",
+        "permitted study does not hold answers **404** (refused by design; the archive answers "
+        "`200 []`): a series of another study must be refused (AP-1, mixed paths), and an "
+        "unknown series gets the same answer, so the existence of a series UID is never "
+        "disclosed.",
         "",
         "## Rendered resources",
         "",

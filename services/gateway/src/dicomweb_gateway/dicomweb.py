@@ -189,12 +189,11 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
         page = await search_index(archive, authorizer, ctx, resource.transaction, probe, resolve)
         if len(page) > query.limit:
             total = await count_matches(authorizer, ctx, resource.transaction, query)
-    elif not await _within_study(request, ctx, resource):
-        # A series this permitted study does not hold: no match, as the archive answers (a
-        # series of a study the caller may not see gets the same empty answer).
-        page = []
     else:
-        # Within one permitted study (decided above): the archive answers for that study.
+        # Within one permitted study: decided here, and a series the path names must be one of
+        # that study's (else 404, the same for an unknown series and a series of another study:
+        # a series UID's existence is never disclosed, AP-1; docs/conformance.md).
+        await owning_study(request, ctx, resource, Action.SEARCH)
         ctx.forwarded = True
         upstream = await archive.send(
             "GET",
@@ -230,18 +229,6 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
         return Response(body, status_code=200, media_type=content_type, headers=headers)
     body = state.rewriter.rewrite(dump_json(page))
     return Response(body, status_code=200, media_type=DICOM_JSON, headers=headers)
-
-
-async def _within_study(request: Request, ctx: RequestContext, resource: Resource) -> bool:
-    """Decide on the study the path names (raises when refused); False when the path's series
-    is not one of that study's."""
-    try:
-        await owning_study(request, ctx, resource, Action.SEARCH)
-    except GatewayError as exc:
-        if exc.status == 404 and resource.series_instance_uid:
-            return False
-        raise
-    return True
 
 
 TRUNCATED = (
