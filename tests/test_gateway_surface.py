@@ -191,6 +191,8 @@ def test_malformed_requests(
         assert r.headers.get("allow")
     if r.status_code >= 400 and r.status_code != 409:  # 409: the PS3.18 store response
         assert r.json()["error"]  # a code and public text, nothing else
+    if case.get("empty"):  # accepted, matched literally: nothing widened
+        assert r.json() == [], (case_id, r.text)
     assert_no_leak(stack, r)
     # Owner look-ups for a real study are allowed; no request names the malformed thing.
     assert [
@@ -210,8 +212,17 @@ def test_qido_limit_clamped(
     with extra_gateway({"limits": {"qido_max_limit": 2}}) as gw:
         r = https.get(f"{gw.url}/dicom-web/studies?limit=1000", headers=auth(token))
         assert r.status_code == 200 and len(r.json()) == 2
-        r = https.get(f"{gw.url}/dicom-web/instances", headers=auth(token))
-        assert len(r.json()) == 2
+        # Never cut silently (issue 14 finding 2): PS3.18 6.7.1.2 Warning, with the count.
+        total = len(https.get(f"{stack['dicomweb_url']}/studies", headers=auth(token)).json())
+        warning = r.headers["warning"]
+        assert warning.startswith(f"299 {stack['resource']}/dicom-web: ")
+        assert f"{total} results match" in warning
+        for query in ("", "?limit=0"):
+            r = https.get(f"{gw.url}/dicom-web/instances{query}", headers=auth(token))
+            assert len(r.json()) == 2 and r.headers["warning"].startswith("299 ")
+        # A limit the client chose is its own paging: no warning.
+        r = https.get(f"{gw.url}/dicom-web/studies?limit=1", headers=auth(token))
+        assert len(r.json()) == 1 and "warning" not in r.headers
 
 
 @pytest.mark.control("AP-3")

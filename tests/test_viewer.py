@@ -735,3 +735,80 @@ def test_signed_out_access_token_stops_working_at_expiry(viewer: Session, https:
     answer = https.get(url, headers=bearer)
     assert answer.status_code == 401
     assert "invalid_token" in answer.headers["www-authenticate"]
+
+
+@pytest.mark.browser
+@pytest.mark.control("AP-2")
+def test_worklist_search_for_an_apostrophe_name(viewer: Session, https: Any, tokens: Any) -> None:
+    """Issue 14 finding 3: an OHIF worklist search for "O'Brien" lists the study (it was 400)."""
+    stack = viewer.stack
+    ds = demo_data.instance(NORTH_CT, 1)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (
+        generate_uid(),
+        generate_uid(),
+        generate_uid(),
+    )
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.PatientID = "ZT-E2E-OB-" + uuid.uuid4().hex[:6]
+    ds.PatientName = "O'Brien^Siobhan"
+    ds.AccessionNumber = "ZT-OB-" + uuid.uuid4().hex[:8]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    boundary = uuid.uuid4().hex
+    body = b"".join(
+        (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
+            buf.getvalue(),
+            f"\r\n--{boundary}--\r\n".encode(),
+        )
+    )
+    modality = tokens.device("modality-ct1", "system/ImagingStudy.c")
+    stored = https.post(
+        f"{stack['dicomweb_url']}/studies",
+        content=body,
+        headers={
+            "Authorization": f"Bearer {modality.access_token}",
+            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        },
+    )
+    assert stored.status_code == 200, stored.text
+    responses: list[Any] = []
+    viewer.page.on("response", lambda r: responses.append(r) if "/dicom-web/" in r.url else None)
+    viewer.sign_in("/", "north-clinician")
+    viewer.page.wait_for_selector(f"text={NORTH_CT.accession_number}", timeout=60_000)
+    # The worklist's first text filter is the patient name. OHIF 3.13 filters a list that fits
+    # one page (101 studies) in the browser, and asks the server otherwise: both are checked.
+    # The patient-name filter: the left-most text input of the filter row (it has no label).
+    viewer.page.evaluate(
+        """() => {
+          const inputs = [...document.querySelectorAll('input')]
+            .filter(i => i.type === 'text' && i.getBoundingClientRect().width > 0);
+          inputs.sort((a, b) => a.getBoundingClientRect().left - b.getBoundingClientRect().left);
+          inputs[0].setAttribute('data-zt', 'patient-filter');
+        }"""
+    )
+    name_filter = viewer.page.locator("input[data-zt=patient-filter]")
+    name_filter.click()
+    name_filter.press_sequentially("O'Brien", delay=50)
+    viewer.page.wait_for_selector(f"text={ds.AccessionNumber}", timeout=60_000)
+    viewer.page.wait_for_selector(f"text={NORTH_CT.accession_number}", state="detached")
+    # The server-side search, as OHIF's DICOMweb client writes it, from the page with the
+    # viewer's own token (it was 400 before issue 14).
+    token = viewer.user()["access_token"]
+    answer = viewer.page.evaluate(
+        """async ([token]) => {
+          const q = 'PatientName=' + encodeURIComponent("*O'Brien*") +
+            '&limit=101&offset=0&fuzzymatching=false&includefield=00081030%2C00080060';
+          const r = await fetch('/dicom-web/studies?' + q,
+            {headers: {Authorization: 'Bearer ' + token, Accept: 'application/dicom+json'}});
+          return {status: r.status, body: await r.json()};
+        }""",
+        [token],
+    )
+    assert answer["status"] == 200, answer
+    assert ds.StudyInstanceUID in {s["0020000D"]["Value"][0] for s in answer["body"]}
+    for study in answer["body"]:
+        assert study["00100010"]["Value"][0]["Alphabetic"].upper().startswith("O'BRIEN")
+    assert all(r.status < 400 for r in responses), [(r.status, r.url) for r in responses]
+    viewer.screenshot("viewer-worklist-obrien.png")
+    assert viewer.csp_violations() == []

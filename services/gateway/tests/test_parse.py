@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import pytest
 from dicomweb_gateway.errors import GatewayError
 from dicomweb_gateway.parse import Transaction, is_uid, parse_dicomweb, parse_qido, parse_wado_uri
@@ -99,7 +101,11 @@ REFUSED = [
     ("GET", "studies", "Patient%49D=ZT-P001", 400),
     ("GET", "studies", "NotAKey=1", 400),
     ("GET", "studies", "PatientID=a&PatientID=b", 400),
-    ("GET", "studies", "PatientID=a%26b", 400),
+    # Values: the VR repertoires, not control/format characters or the value delimiter.
+    ("GET", "studies", "PatientID=a%5Cb", 400),
+    ("GET", "studies", "PatientName=Eve%E2%80%AE", 400),
+    ("GET", "studies", "PatientName=a%C2%85b", 400),
+    ("GET", "studies", "PatientName=" + "A" * 257, 400),
     ("GET", "studies", "PatientID=%zz", 400),
     ("GET", "studies", "PatientID=%00", 400),
     ("GET", "studies", "limit=-1", 400),
@@ -111,7 +117,17 @@ REFUSED = [
     ("GET", "instances", "00280100=16", 400),
     ("GET", "studies", "StudyInstanceUID=1.2.x", 400),
     ("GET", "studies", "flag", 400),
+    # Retrieval parameters: rendering ones only on rendered resources; what the archive does
+    # not implement is refused with a clear reason (issue 14 finding 6).
     ("GET", f"studies/{S}", "window=1,2,linear", 400),
+    ("GET", f"studies/{S}/rendered", "window=1,2,cubic", 400),
+    ("GET", f"studies/{S}/rendered", "window=1,0,linear", 400),
+    ("GET", f"studies/{S}/rendered", "window=1,2", 400),
+    ("GET", f"studies/{S}/rendered", "annotation=patient", 400),
+    ("GET", f"studies/{S}/rendered", "iccprofile=srgb", 400),
+    ("GET", f"studies/{S}/rendered", "viewport=0,0", 400),
+    ("GET", f"studies/{S}/rendered", "viewport=1,2,3", 400),
+    ("GET", f"studies/{S}/thumbnail", "window=1,2,linear", 400),
 ]
 
 
@@ -189,3 +205,84 @@ def test_wado_uri() -> None:
     ):
         with pytest.raises(GatewayError):
             parse_wado_uri("GET", bad)
+
+
+# ---------------------------------------------------------------- issue 14
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        # What the archive reads literally goes as it is ...
+        ("O'Brien*", "O'Brien*"),
+        ("Smith/Jones", "Smith/Jones"),
+        ("Plus+Sign*", "Plus+Sign*"),
+        ("Paren(thesis)*", "Paren(thesis)*"),
+        # ... every run of anything else as one `*`, matched exactly by the gateway.
+        ("Pct%Name*", "Pct*Name*"),
+        ("Amp&Name=*", "Amp*Name**"),
+        ("Hash#Name", "Hash*Name"),
+        ("Müller^Jürgen", "M*ller^J*rgen"),
+        ("Space Name", "Space*Name"),
+        ("[bracket]", "*bracket*"),
+    ],
+)
+def test_ordinary_names_accepted(value: str, sent: str) -> None:
+    """Finding 3: apostrophes, `/`, `+`, parentheses, `%`, `&`, `#`, non-ASCII."""
+    encoded = quote(value, safe="")
+    query = parse_qido(f"PatientName={encoded}", 100)
+    assert query.matches == (("PatientName", value),)
+    assert query.archive_query().split("&includefield=")[0] == f"PatientName={sent}"
+    filters = dict(query.exact_filters)
+    if sent != value:
+        pattern = filters["PatientName"]
+        assert pattern.fullmatch(value.replace("*", "X").upper())
+        assert not pattern.fullmatch(sent.replace("*", "ZZ"))
+    else:
+        assert "PatientName" not in filters
+
+
+def test_limit_zero_and_cap() -> None:
+    """Finding 7 (`limit=0` is "no limit of mine", as the archive reads it) and finding 2 (the
+    query knows whether the cap, not the client, set the limit)."""
+    assert (parse_qido("limit=0", 100).limit, parse_qido("limit=0", 100).capped) == (100, True)
+    assert parse_qido("", 100).capped and parse_qido("limit=101", 100).capped
+    assert not parse_qido("limit=100", 100).capped
+    assert parse_qido("limit=7", 100).limit == 7
+
+
+def test_includefield_all_is_per_level() -> None:
+    """Finding 4: `all` at study level names study-level attributes only."""
+    study = parse_dicomweb("GET", "studies", "includefield=all", 100).query
+    assert study is not None
+    assert "PatientName" in study.includefields and "StudyDate" in study.includefields
+    for lower in ("SOPInstanceUID", "Modality", "NumberOfFrames", "SeriesInstanceUID"):
+        assert lower not in study.includefields
+    series = parse_dicomweb("GET", f"studies/{S}/series", "includefield=all", 100).query
+    assert series is not None
+    assert "Modality" in series.includefields and "SOPInstanceUID" not in series.includefields
+    instances = parse_dicomweb("GET", "instances", "includefield=all", 100).query
+    assert instances is not None and "NumberOfFrames" in instances.includefields
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "sent"),
+    [
+        ("rendered", "window=40,400,linear", "window=40,400,linear"),
+        ("rendered", "window=40.5,400,LINEAR_EXACT", "window=40.5,400,linear-exact"),
+        ("rendered", "window=-600,1500,sigmoid&quality=80", "window=-600,1500,sigmoid&quality=80"),
+        ("rendered", "viewport=64,64,0,0,32,32", "viewport=64,64,0,0,32,32"),
+        ("rendered", "viewport=64,64,,,-32,32", "viewport=64,64,,,-32,32"),
+        ("rendered", "iccprofile=no", ""),
+        ("thumbnail", "", "viewport=128,128"),
+        ("thumbnail", "viewport=64,64", "viewport=64,64"),
+    ],
+)
+def test_rendering_parameters(path: str, query: str, sent: str) -> None:
+    """Finding 6: window, the six-value viewport and iccprofile=no reach the archive."""
+    for prefix in (
+        f"studies/{S}",
+        f"studies/{S}/series/{SE}",
+        f"studies/{S}/series/{SE}/instances/{SOP}",
+    ):
+        assert parse_dicomweb("GET", f"{prefix}/{path}", query, 100).raw_query == sent

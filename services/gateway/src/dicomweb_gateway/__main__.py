@@ -1,5 +1,6 @@
 """`python -m dicomweb_gateway serve --config FILE`, `redirect --port P --target URL`,
-`dimse --config FILE` and `index rebuild --config FILE`."""
+`dimse --config FILE`, `index rebuild --config FILE`, `conformance [--output FILE]` and
+`security-statement --config FILE --stack stack.json [--output FILE]`."""
 
 from __future__ import annotations
 
@@ -219,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bridge", help="TLS bridge for one legacy modality (docs/exposure.md)",
                    add_help=False)  # fmt: skip
     sub.add_parser("devices", help="the device inventory (docs/exposure.md)", add_help=False)
+    sub.add_parser("conformance", help="write docs/conformance.md", add_help=False)
+    sub.add_parser("security-statement", help="write docs/security-statement.md from the "
+                   "running configuration", add_help=False)  # fmt: skip
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("exposure", "bridge", "devices"):
+    if argv and argv[0] in ("exposure", "bridge", "devices", "conformance", "security-statement"):
         return _delegate(argv[0], argv[1:])
     p_index = sub.add_parser("index", help="the study index")
     p_index.add_argument("operation", choices=["rebuild"])
@@ -255,6 +259,14 @@ def _delegate(command: str, argv: list[str]) -> int:
         from .exposure import main as exposure_main
 
         return exposure_main(argv)
+    if command == "conformance":
+        from .conformance import main as conformance_main
+
+        return int(conformance_main(argv))
+    if command == "security-statement":
+        from .security_statement import main as statement_main
+
+        return int(statement_main(argv))
     if command == "bridge":
         from .bridge import main as bridge_main
 

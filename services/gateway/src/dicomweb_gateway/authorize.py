@@ -242,6 +242,27 @@ class Authorizer:
             log.error("study index predicate and decide() disagree on %s", set(page) - allowed)
         return [uid for uid in page if uid in allowed]
 
+    async def count_studies(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        matches: tuple[tuple[str, str], ...],
+        fuzzy: bool,
+    ) -> int | None:
+        """How many permitted studies match indexed keys (one SQL count), for the
+        `Warning: 299` of a capped answer; None when the policy has no SQL form."""
+        principal = ctx.principal
+        if principal is None:
+            return 0
+        if not decide(principal, action, None, self.policy, self.clock()).allow:
+            return 0
+        grants = await self._grants(ctx)
+        try:
+            predicate = self.compiled(ctx, action, grants)
+        except NotCompilable:
+            return None
+        return await self.index.count_matching(predicate, matches, fuzzy)
+
     async def scan_studies(
         self,
         ctx: RequestContext,

@@ -9,6 +9,7 @@ forwarded before authorization.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI
@@ -19,8 +20,10 @@ from .archive.orthanc import DICOMWEB_ROOT, WADO_URI_ROOT, OrthancArchive, frame
 from .context import Action, RequestContext, StudyRef
 from .errors import GatewayError, bad_request, not_found
 from .forward import archive_error, request_headers, stream_response
+from .nativexml import DICOM_XML, multipart_xml, native_xml, rewrite_multipart
 from .parse import (
     METADATA,
+    RENDERED,
     SEARCHES,
     THUMBNAILS,
     Resource,
@@ -30,7 +33,7 @@ from .parse import (
 )
 from .pipeline import authenticate, guarded, new_context
 from .rewrite import dump_json, filter_qido
-from .search import search_index
+from .search import count_matches, search_index
 from .storage import store_parts
 from .store import Claim
 from .stow import (
@@ -170,22 +173,27 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
     state = request.app.state
     archive: OrthancArchive = state.archive
     authorizer = state.authorizer
-    accept = request.headers.get("accept", DICOM_JSON)
-    if not _accepts_json(accept):
-        raise GatewayError(406, "not_acceptable", "only application/dicom+json is offered", accept)
+    media = qido_media(request.headers.get("accept"))
     await authorizer.check_action(ctx, Action.SEARCH)
-    if resource.study_instance_uid:
-        await owning_study(request, ctx, resource, Action.SEARCH)
     query = resource.query
-    assert query is not None
+    assert query is not None and query.limit is not None
+    # One more than the page when the gateway's cap set the limit: was the answer cut?
+    probe = replace(query, limit=query.limit + 1) if query.capped else query
+    total: int | None = None
+    page: list[dict[str, Any]]
     if not resource.study_instance_uid:
         # Decided and paged by the study index; the archive sees only the permitted page.
         async def resolve(level: str, uid: str) -> set[str]:
             return await owners_of(request, level, uid)
 
-        page = await search_index(archive, authorizer, ctx, resource.transaction, query, resolve)
+        page = await search_index(archive, authorizer, ctx, resource.transaction, probe, resolve)
+        if len(page) > query.limit:
+            total = await count_matches(authorizer, ctx, resource.transaction, query)
     else:
-        # Within one permitted study (decided above): the archive answers for that study.
+        # Within one permitted study: decided here, and a series the path names must be one of
+        # that study's (else 404, the same for an unknown series and a series of another study:
+        # a series UID's existence is never disclosed, AP-1; docs/conformance.md).
+        await owning_study(request, ctx, resource, Action.SEARCH)
         ctx.forwarded = True
         upstream = await archive.send(
             "GET",
@@ -205,21 +213,69 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
             allowed: set[str] = await authorizer.permitted_studies(ctx, Action.SEARCH, uids)
             return allowed
 
-        page = await filter_qido(results, query, permitted, drop_study_uid=False)
+        page, total = await filter_qido(results, probe, permitted, drop_study_uid=False)
+    headers: dict[str, str] = {}
+    if len(page) > query.limit:
+        # Never cut silently (PS3.18 6.7.1.2): the count is over permitted matches only.
+        page = page[: query.limit]
+        headers["Warning"] = truncation_warning(state.settings.public_url, total)
     for item in page:
         study = _first(item, "0020000D")
         if study:
             ctx.add_study(StudyRef(study, _first(item, "00100020")))
+    # Empty results are 200 with an empty list (or no part), never 204 (docs/conformance.md).
+    if media == DICOM_XML:
+        body, content_type = multipart_xml(json.loads(state.rewriter.rewrite(dump_json(page))))
+        return Response(body, status_code=200, media_type=content_type, headers=headers)
     body = state.rewriter.rewrite(dump_json(page))
-    return Response(body, status_code=200, media_type=DICOM_JSON)
+    return Response(body, status_code=200, media_type=DICOM_JSON, headers=headers)
 
 
-def _accepts_json(accept: str) -> bool:
+TRUNCATED = (
+    "The number of results exceeded the maximum supported by the server. "
+    "Additional results can be requested."
+)
+
+
+def truncation_warning(public_url: str, total: int | None) -> str:
+    """PS3.18 6.7.1.2: `299 {+SERVICE}: "<text>"`, with the number of matches when known."""
+    text = TRUNCATED if total is None else f"{TRUNCATED} {total} results match."
+    return f'299 {public_url.rstrip("/")}{DICOMWEB_ROOT}: "{text}"'
+
+
+_JSON_MEDIA = frozenset({"application/dicom+json", "application/json", "*/*", "application/*"})
+
+
+def qido_media(accept: str | None) -> str:
+    """The QIDO-RS answer's media type: DICOM JSON (default) or PS3.19 XML, one part per
+    result, in the order the client lists them; anything else is 406."""
+    if not accept:
+        return DICOM_JSON
     for item in accept.split(","):
-        media = item.split(";")[0].strip().lower()
-        if media in ("application/dicom+json", "application/json", "*/*", "application/*"):
-            return True
-    return False
+        media, params = _media_params(item)
+        if params.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
+            continue
+        if media in _JSON_MEDIA:
+            return DICOM_JSON
+        if media == DICOM_XML:
+            return DICOM_XML
+        if media == "multipart/related" and params.get("type", DICOM_XML).lower() == DICOM_XML:
+            return DICOM_XML
+    raise GatewayError(
+        406,
+        "not_acceptable",
+        "offered: application/dicom+json, multipart/related; type=application/dicom+xml",
+        accept[:200],
+    )
+
+
+def _media_params(item: str) -> tuple[str, dict[str, str]]:
+    parts = item.split(";")
+    params = {}
+    for part in parts[1:]:
+        name, _, value = part.strip().partition("=")
+        params[name.strip().lower()] = value.strip().strip('"')
+    return parts[0].strip().lower(), params
 
 
 def _first(item: dict[str, Any], tag: str) -> str | None:
@@ -242,8 +298,8 @@ async def retrieve(request: Request, ctx: RequestContext, resource: Resource) ->
     path, query = _archive_target(resource)
     headers = request_headers(request.headers)
     headers.pop("content-type", None)
-    if resource.transaction in THUMBNAILS:
-        headers["accept"] = "image/jpeg"
+    if resource.transaction in THUMBNAILS or resource.transaction in RENDERED:
+        headers["accept"] = rendered_accept(headers.get("accept"))
     elif resource.transaction in (Transaction.RETRIEVE_FRAMES, Transaction.RETRIEVE_BULKDATA):
         accept = frames_accept(headers.get("accept"))
         if accept:
@@ -252,17 +308,34 @@ async def retrieve(request: Request, ctx: RequestContext, resource: Resource) ->
     upstream = await archive.send("GET", path, query, headers)
     if upstream.status_code >= 400:
         await upstream.aclose()
+        if upstream.status_code in (400, 415, 500, 501) and _asks_transfer_syntax(headers):
+            # The archive cannot produce the transfer syntax asked for (PS3.18 8.7.3.5.2).
+            raise GatewayError(
+                406,
+                "not_acceptable",
+                "the requested transfer syntax is not available",
+                f"archive {upstream.status_code} for {headers.get('accept')!r}",
+            )
         raise archive_error(upstream.status_code, ctx.transaction or "retrieve")
     if resource.transaction in METADATA:
         # Metadata carries BulkDataURIs: rewritten, never an archive address (AP-4).
-        body = state.rewriter.rewrite(await upstream.aread())
+        body = await upstream.aread()
         await upstream.aclose()
-        return Response(
-            body,
-            status_code=upstream.status_code,
-            media_type=upstream.headers.get("content-type", DICOM_JSON),
-        )
+        media = upstream.headers.get("content-type", DICOM_JSON)
+        if media.lower().startswith("multipart/"):
+            # PS3.19 XML, one part per instance: parts are rebuilt (their lengths change).
+            body, media = rewrite_multipart(body, media, state.rewriter.rewrite)
+        else:
+            body = state.rewriter.rewrite(body)
+        return Response(body, status_code=upstream.status_code, media_type=media)
     return await stream_response(archive, upstream, head_only=request.method == "HEAD")
+
+
+_RENDERED_OF = {
+    Transaction.RETRIEVE_STUDY_THUMBNAIL: Transaction.RETRIEVE_RENDERED_STUDY,
+    Transaction.RETRIEVE_SERIES_THUMBNAIL: Transaction.RETRIEVE_RENDERED_SERIES,
+    Transaction.RETRIEVE_INSTANCE_THUMBNAIL: Transaction.RETRIEVE_RENDERED_INSTANCE,
+}
 
 
 def _archive_target(resource: Resource) -> tuple[str, str]:
@@ -270,18 +343,48 @@ def _archive_target(resource: Resource) -> tuple[str, str]:
     if t is Transaction.RETRIEVE_WADO_URI:
         return WADO_URI_ROOT, resource.raw_query
     if t in THUMBNAILS:
-        # Plugin 1.7 has no /thumbnail: a small rendered image of the instance is cheap. Study
-        # and series thumbnails are not offered (404 from the resolution below if asked).
-        if t is not Transaction.RETRIEVE_INSTANCE_THUMBNAIL:
-            raise not_found("study and series thumbnails are not offered by this archive")
+        # Plugin 1.7 has no /thumbnail: a small rendered image instead (the parse layer put
+        # `viewport`, 128x128 by default, in raw_query). For a study or a series the archive
+        # renders a representative instance (the first of its first series), one image.
         base = Resource(
-            Transaction.RETRIEVE_RENDERED_INSTANCE,
+            _RENDERED_OF[t],
             resource.study_instance_uid,
             resource.series_instance_uid,
             resource.sop_instance_uid,
         )
-        return DICOMWEB_ROOT + base.archive_path(), "viewport=128,128"
+        return DICOMWEB_ROOT + base.archive_path(), resource.raw_query
     return DICOMWEB_ROOT + resource.archive_path(), resource.raw_query
+
+
+_RENDERED_MEDIA = ("image/jpeg", "image/png")
+
+
+def rendered_accept(accept: str | None) -> str:
+    """The archive renders JPEG and PNG (PS3.18 8.7.4): the first of those the client lists
+    (`image/*`, `*/*` or none: JPEG); GIF, JPEG 2000, MPEG and the rest are 406."""
+    if not accept:
+        return "image/jpeg"
+    for item in accept.split(","):
+        media, params = _media_params(item)
+        if params.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
+            continue
+        if media in _RENDERED_MEDIA:
+            return media
+        if media in ("image/*", "*/*"):
+            return "image/jpeg"
+    raise GatewayError(
+        406, "not_acceptable", "rendered media types offered: image/jpeg, image/png", accept[:200]
+    )
+
+
+def _asks_transfer_syntax(headers: dict[str, str]) -> bool:
+    """Does the Accept header name a transfer syntax other than `*` (any)?"""
+    for item in headers.get("accept", "").split(","):
+        _, params = _media_params(item)
+        syntax = params.get("transfer-syntax")
+        if syntax and syntax != "*":
+            return True
+    return False
 
 
 # ---------------------------------------------------------------- STOW-RS
@@ -316,12 +419,28 @@ async def store(request: Request, ctx: RequestContext, resource: Resource) -> Re
     )
     if denial is not None:
         raise denial
-    return _json(result, store_status(result))
+    return store_response(result, store_status(result), request.headers.get("accept"))
 
 
-def _json(result: dict[str, Any], status: int) -> Response:
+def store_response(result: dict[str, Any], status: int, accept: str | None) -> Response:
+    """The PS3.18 10.5.3 store response: DICOM JSON, or PS3.19 XML when the client asks for
+    `application/dicom+xml` before (or instead of) JSON."""
+    if _stow_media(accept) == DICOM_XML:
+        return Response(native_xml(result), status_code=status, media_type=DICOM_XML)
     body = json.dumps(result, separators=(",", ":")).encode()
     return Response(body, status_code=status, media_type=DICOM_JSON)
+
+
+def _stow_media(accept: str | None) -> str:
+    for item in (accept or "").split(","):
+        media, params = _media_params(item)
+        if params.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
+            continue
+        if media == DICOM_XML:
+            return DICOM_XML
+        if media in _JSON_MEDIA:
+            return DICOM_JSON
+    return DICOM_JSON
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 from dataclasses import dataclass, replace
 from urllib.parse import unquote_to_bytes
 
@@ -141,10 +142,64 @@ _RETURN_KEYS = QIDO_KEYS | QIDO_RETURN_ONLY
 _TAG_TO_KEYWORD = {tag: kw for kw, tag in QIDO_KEYS.items()}
 _TAG_TO_RETURN_KEYWORD = {tag: kw for kw, tag in _RETURN_KEYS.items()}
 _UID_KEYS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"})
-# Values may hold letters, digits and the DICOM matching characters (PS3.4 C.2.2.2): wildcard
-# `*` `?`, range `-`, name components `^`, UID lists `,`, spaces and dots. Nothing that could
-# break out of a query argument (& = # % + /) survives.
-_VALUE = re.compile(r"^[A-Za-z0-9 ^*?\-.,_:]{0,256}$")
+# The attributes of each QIDO level (PS3.18 tables 10.6.1-5 and 10.6.3-3/4/5; PS3.3 modules):
+# `includefield=all` expands to the attributes of the searched level and the levels above it,
+# never to attributes of a lower level (they would come from one arbitrary instance).
+STUDY_LEVEL_KEYS = (
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ModalitiesInStudy",
+    "ReferringPhysicianName",
+    "StudyDescription",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyID",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+)
+SERIES_LEVEL_KEYS = (
+    "Modality",
+    "SeriesDescription",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "NumberOfSeriesRelatedInstances",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "InstitutionName",
+    "BodyPartExamined",
+    "SeriesDate",
+    "SeriesTime",
+)
+INSTANCE_LEVEL_KEYS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+)
+LEVEL_KEYS = {
+    "study": STUDY_LEVEL_KEYS,
+    "series": STUDY_LEVEL_KEYS + SERIES_LEVEL_KEYS,
+    "instance": STUDY_LEVEL_KEYS + SERIES_LEVEL_KEYS + INSTANCE_LEVEL_KEYS,
+}
+# Matching values (issue 14): every character the VRs of the keys allow (PS3.5 6.2: the PN, LO,
+# SH, CS, DA, TM, UI repertoires; any Unicode character under Specific Character Set
+# ISO_IR 192, which is what PS3.18 8.3.4.1 makes a query: UTF-8), so `O'Brien`, `Smith/Jones`,
+# `A&B`, `50%`, `#2`, `(Jr)` and `Müller` are ordinary values. Refused: control and format
+# characters, surrogates, private-use and unassigned code points (Unicode categories C*), line
+# and paragraph separators, and `\` (the value delimiter of PS3.5 6.4: multiple values are
+# written with `,`). How they reach an archive that does not decode its query: `_encode_value`.
+MAX_VALUE_LENGTH = 256
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+# Characters the archive (Orthanc 1.10) reads literally in a raw query string: everything else
+# is sent as a `*` wildcard and matched exactly by the gateway (`QidoQuery.exact_filters`).
+_ARCHIVE_LITERAL = re.compile(r"^[A-Za-z0-9^*?\-.,_:'/()+]*$")
+_ARCHIVE_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9^*?\-.,_:'/()+]+")
 _KEY = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
 _PARAMS = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
 
@@ -172,13 +227,17 @@ class QidoQuery:
     limit: int | None = None
     offset: int = 0
     fuzzymatching: bool = False
+    # True when the gateway's cap, not the client, set `limit` (no `limit`, `limit=0`, or a
+    # `limit` above the cap): a cut answer then carries `Warning: 299` (PS3.18 6.7.1.2).
+    capped: bool = False
 
     @property
     def exact_filters(self) -> tuple[tuple[str, re.Pattern[str]], ...]:
-        """(keyword, pattern) for values whose spaces were sent as `?` wildcards."""
+        """(keyword, pattern) for values sent to the archive with wildcards in place of the
+        characters it cannot read literally (`_encode_value`): the gateway matches them."""
         out = []
         for keyword, value in self.matches:
-            if " " in value:
+            if _encode_value(value) != value:
                 pattern = "".join(
                     ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value
                 )
@@ -214,11 +273,24 @@ class QidoQuery:
 
 
 def _encode_value(value: str) -> str:
-    # Orthanc 1.10 does not percent-decode values either, and a request line cannot carry a
-    # raw space: a space is sent as the single-character wildcard `?` (PS3.4 C.2.2.2.4) and
-    # the gateway re-checks those results itself (`QidoQuery.exact_filters`), so the answer is
-    # never wider than what the client asked for.
-    return value.replace(" ", "?")
+    """The value as the archive receives it in a raw query string.
+
+    Orthanc 1.10 does not percent-decode query values, and a request line cannot carry a raw
+    space, `&`, `#`, `%` or a non-ASCII byte: each run of such characters is sent as the
+    wildcard `*` (PS3.4 C.2.2.2.4), which can only widen the archive's answer, and the gateway
+    then matches the real value itself (`QidoQuery.exact_filters`), so the answer is exactly
+    what the client asked for.
+    """
+    if _ARCHIVE_LITERAL.match(value):
+        return value
+    return _ARCHIVE_UNSAFE_RUN.sub("*", value)
+
+
+def valid_value(value: str) -> bool:
+    """A matching value of the allowed repertoire (see `_REFUSED_CATEGORIES`)."""
+    if len(value) > MAX_VALUE_LENGTH or "\\" in value:
+        return False
+    return all(unicodedata.category(c) not in _REFUSED_CATEGORIES for c in value)
 
 
 def _decode(raw: str) -> str:
@@ -252,7 +324,8 @@ def parse_query_string(query: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def parse_qido(query: str, max_limit: int) -> QidoQuery:
+def parse_qido(query: str, max_limit: int, level: str = "instance") -> QidoQuery:
+    """`level`: "study", "series" or "instance", the level searched (for `includefield=all`)."""
     matches: list[tuple[str, str]] = []
     includefields: list[str] = []
     limit: int | None = None
@@ -268,7 +341,7 @@ def parse_qido(query: str, max_limit: int) -> QidoQuery:
                 if not value.isdigit() or len(value) > 9:
                     raise bad_request("invalid_query", "malformed query", f"bad {key}")
                 if key == "limit":
-                    limit = min(int(value), max_limit)  # AP-3: clamp, never more than allowed
+                    limit = int(value)
                 else:
                     offset = int(value)
             elif key == "fuzzymatching":
@@ -278,7 +351,7 @@ def parse_qido(query: str, max_limit: int) -> QidoQuery:
             else:
                 for field in value.split(","):
                     if field == "all":
-                        includefields.extend(k for k in QIDO_KEYS if k not in includefields)
+                        includefields.extend(k for k in LEVEL_KEYS[level] if k not in includefields)
                         continue
                     keyword = _return_keyword(field)
                     if keyword is None:
@@ -295,13 +368,16 @@ def parse_qido(query: str, max_limit: int) -> QidoQuery:
         if keyword in seen:
             raise bad_request("invalid_query", "malformed query", f"repeated {keyword}")
         seen.add(keyword)
-        if not _VALUE.match(value):
+        if not valid_value(value):
             raise bad_request("invalid_query", "malformed query", f"bad value for {keyword}")
         if keyword in _UID_KEYS and value and not all(is_uid(u) for u in value.split(",")):
             raise bad_request("invalid_uid", "malformed UID", f"{keyword}={value!r}")
         matches.append((keyword, value))
-    limit = max_limit if limit is None else limit
-    return QidoQuery(tuple(matches), tuple(includefields), limit, offset, fuzzy)
+    # AP-3: never more than the cap. `limit=0` means "no limit of mine" (as the archive reads
+    # it), so the cap applies, as it does to a larger limit, and a cut answer says so.
+    capped = limit is None or limit == 0 or limit > max_limit
+    limit = max_limit if capped or limit is None else limit
+    return QidoQuery(tuple(matches), tuple(includefields), limit, offset, fuzzy, capped)
 
 
 @dataclass(frozen=True)
@@ -356,9 +432,21 @@ class Resource:
         return p
 
 
+def _leaf_query(leaf: Transaction, query: str) -> str:
+    if leaf in THUMBNAILS:
+        return _thumbnail_query(query)
+    return _retrieve_query(query, rendered=leaf in RENDERED)
+
+
 def method_not_allowed(allowed: str) -> GatewayError:
     return GatewayError(405, "method_not_allowed", "method not allowed", headers={"Allow": allowed})
 
+
+_LEVEL = {
+    Transaction.SEARCH_FOR_STUDIES: "study",
+    Transaction.SEARCH_FOR_SERIES: "series",
+    Transaction.SEARCH_FOR_INSTANCES: "instance",
+}
 
 # Per-path-shape allowed methods (RFC 9110 15.5.6 needs the Allow header on 405).
 _GET = "GET, HEAD"
@@ -396,11 +484,11 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
         if method == "POST":
             return Resource(Transaction.STORE_INSTANCES)
         need("GET, HEAD, POST")
-        return Resource(Transaction.SEARCH_FOR_STUDIES, query=parse_qido(query, max_limit))
+        return Resource(Transaction.SEARCH_FOR_STUDIES, query=parse_qido(query, max_limit, "study"))
     if n == 1 and s[0] in ("series", "instances"):
         need(_GET)
         t = Transaction.SEARCH_FOR_SERIES if s[0] == "series" else Transaction.SEARCH_FOR_INSTANCES
-        return Resource(t, query=parse_qido(query, max_limit))
+        return Resource(t, query=parse_qido(query, max_limit, _LEVEL[t]))
     if n < 2 or s[0] != "studies":
         raise not_found(f"no route {path!r}")
 
@@ -425,11 +513,11 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
                 if s[2] == "series"
                 else Transaction.SEARCH_FOR_INSTANCES
             )
-            return Resource(t, study, query=parse_qido(query, max_limit))
+            return Resource(t, study, query=parse_qido(query, max_limit, _LEVEL[t]))
         if leaf is None:
             raise not_found(f"no route {path!r}")
         need(_GET)
-        return Resource(leaf, study, raw_query=_retrieve_query(query))
+        return Resource(leaf, study, raw_query=_leaf_query(leaf, query))
     if s[2] != "series":
         raise not_found(f"no route {path!r}")
     series = _uid(s[3])
@@ -444,7 +532,10 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
         if s[4] == "instances":
             need(_GET)
             return Resource(
-                Transaction.SEARCH_FOR_INSTANCES, study, series, query=parse_qido(query, max_limit)
+                Transaction.SEARCH_FOR_INSTANCES,
+                study,
+                series,
+                query=parse_qido(query, max_limit, "instance"),
             )
         leaf = {
             "metadata": Transaction.RETRIEVE_SERIES_METADATA,
@@ -454,7 +545,7 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
         if leaf is None:
             raise not_found(f"no route {path!r}")
         need(_GET)
-        return Resource(leaf, study, series, raw_query=_retrieve_query(query))
+        return Resource(leaf, study, series, raw_query=_leaf_query(leaf, query))
     if s[4] != "instances":
         raise not_found(f"no route {path!r}")
     instance = _uid(s[5])
@@ -471,7 +562,7 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
         }.get(s[6])
         if leaf is None:
             raise not_found(f"no route {path!r}")
-        return Resource(leaf, study, series, instance, raw_query=_retrieve_query(query))
+        return Resource(leaf, study, series, instance, raw_query=_leaf_query(leaf, query))
     if s[6] == "frames" and n in (8, 9):
         if not _FRAMES.match(s[7]):
             raise bad_request("invalid_frames", "malformed frame list", s[7][:80])
@@ -492,7 +583,7 @@ def parse_dicomweb(method: str, path: str, query: str, max_limit: int) -> Resour
                 series,
                 instance,
                 frames,
-                raw_query=_retrieve_query(query),
+                raw_query=_retrieve_query(query, rendered=True),
             )
     if s[6] == "bulk" and n >= 8:
         bulk = "/".join(s[7:])
@@ -510,18 +601,83 @@ _RETRIEVE_PARAMS = {
     "viewport": re.compile(r"^[0-9]{1,5},[0-9]{1,5}$"),
     "accept": re.compile(r"^[A-Za-z0-9.+/\-;= \"]{1,200}$"),
 }
+_INT = r"-?[0-9]{1,5}"
+_NUMBER = r"-?[0-9]{1,7}(\.[0-9]{1,6})?"
+# Rendered resources (PS3.18 8.3.5.1): what the archive implements, checked and re-encoded.
+# - viewport=vw,vh or vw,vh,[sx],[sy],[sw],[sh] (source region; sw/sh may be negative: flip);
+# - window=center,width,function (PS3.18 Table 8.3.5-1: linear, linear-exact, sigmoid; the
+#   VOI LUT Function spellings LINEAR, LINEAR_EXACT, SIGMOID are accepted too), sent to the
+#   archive in the lower-case form it reads;
+# - iccprofile=no (the archive embeds no ICC profile, so `no` is what it does); any other
+#   iccprofile value, and `annotation`, are refused with a clear 400: the archive does not
+#   implement them and would ignore them silently (docs/conformance.md).
+_RENDERED_PARAMS = {
+    "quality": _RETRIEVE_PARAMS["quality"],
+    "viewport": re.compile(
+        rf"^[1-9][0-9]{{0,4}},[1-9][0-9]{{0,4}}(,({_INT})?,({_INT})?,({_INT})?,({_INT})?)?$"
+    ),
+    "window": re.compile(rf"^{_NUMBER},{_NUMBER},[A-Za-z_\-]{{1,16}}$"),
+    "iccprofile": re.compile(r"^no$"),
+    "accept": _RETRIEVE_PARAMS["accept"],
+}
+WINDOW_FUNCTIONS = {
+    "linear": "linear",
+    "linear-exact": "linear-exact",
+    "sigmoid": "sigmoid",
+    "linear_exact": "linear-exact",
+}
+NOT_IMPLEMENTED = {
+    "annotation": "annotation is not implemented by this archive (rendered without it: refused)",
+    "iccprofile": "only iccprofile=no is offered (the archive embeds no ICC profile)",
+    "window": "window=center,width,function with function linear, linear-exact or sigmoid",
+}
 
 
-def _retrieve_query(query: str) -> str:
+def _retrieve_query(query: str, rendered: bool = False) -> str:
     out: list[str] = []
+    allowed = _RENDERED_PARAMS if rendered else _RETRIEVE_PARAMS
     for key, value in parse_query_string(query):
-        pattern = _RETRIEVE_PARAMS.get(key)
+        pattern = allowed.get(key)
         if pattern is None or not pattern.match(value):
-            raise bad_request("unsupported_parameter", "unsupported query parameter", key)
+            reason = NOT_IMPLEMENTED.get(key, "unsupported query parameter") if rendered else None
+            raise bad_request(
+                "unsupported_parameter", reason or "unsupported query parameter", key[:64]
+            )
         if key == "accept":
             continue  # content negotiation happens through the Accept header only
+        if key == "window":
+            center, width, function = value.split(",")
+            canonical = WINDOW_FUNCTIONS.get(function.lower())
+            if canonical is None or float(width) < 1:
+                raise bad_request("unsupported_parameter", NOT_IMPLEMENTED["window"], key)
+            value = f"{center},{width},{canonical}"
+        if key == "iccprofile":
+            continue  # `no` is what the archive does anyway
         out.append(f"{key}={value}")
     return "&".join(out)
+
+
+RENDERED = frozenset(
+    {
+        Transaction.RETRIEVE_RENDERED_STUDY,
+        Transaction.RETRIEVE_RENDERED_SERIES,
+        Transaction.RETRIEVE_RENDERED_INSTANCE,
+        Transaction.RETRIEVE_RENDERED_FRAMES,
+    }
+)
+_THUMBNAIL_PARAMS = {"viewport": _RENDERED_PARAMS["viewport"], "accept": _RETRIEVE_PARAMS["accept"]}
+
+
+def _thumbnail_query(query: str) -> str:
+    """Thumbnails (PS3.18 8.3.5.1.x): `viewport` only (default 128,128)."""
+    out: list[str] = []
+    for key, value in parse_query_string(query):
+        pattern = _THUMBNAIL_PARAMS.get(key)
+        if pattern is None or not pattern.match(value):
+            raise bad_request("unsupported_parameter", "unsupported query parameter", key[:64])
+        if key == "viewport":
+            out.append(f"viewport={value}")
+    return "&".join(out) or "viewport=128,128"
 
 
 # WADO-URI (PS3.18 9.1): the keys a client may send; anything else is 400.

@@ -76,8 +76,9 @@ async def filter_qido(
     query: QidoQuery,
     permitted: Callable[[set[str]], Awaitable[set[str]]],
     drop_study_uid: bool,
-) -> list[dict[str, Any]]:
-    """Keep permitted results, then paginate (PS3.18 8.3.4.4) over what is left."""
+) -> tuple[list[dict[str, Any]], int]:
+    """Keep permitted results, then paginate (PS3.18 8.3.4.4) over what is left: (the page,
+    how many permitted results match)."""
     for keyword, pattern in query.exact_filters:
         tag = QIDO_KEYS[keyword]
         results = [r for r in results if any(pattern.fullmatch(v) for v in _texts(r, tag))]
@@ -90,7 +91,7 @@ async def filter_qido(
     if drop_study_uid:
         # The gateway asked for StudyInstanceUID only to filter; the client did not.
         page = [{k: v for k, v in r.items() if k != _STUDY_UID} for r in page]
-    return page
+    return page, len(kept)
 
 
 def dump_json(results: list[dict[str, Any]]) -> bytes:

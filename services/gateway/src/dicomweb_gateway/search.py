@@ -44,6 +44,20 @@ _SORT_TAGS = {
     Transaction.SEARCH_FOR_SERIES: ("0020000E",),
     Transaction.SEARCH_FOR_INSTANCES: ("0020000E", "00080018"),
 }
+# The study attributes the archive returns by default in a series or instance search across
+# studies (PS3.18 table 10.6.3-3), but leaves out once StudyInstanceUID is a matching key, as
+# it is in every query the gateway sends: asked for explicitly, so the answer is the same.
+STUDY_DEFAULTS = (
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+)
 # Series/instance UIDs: narrow the studies to walk to the ones that own them.
 _OWNED_KEYS = {"SeriesInstanceUID": "series", "SOPInstanceUID": "instance"}
 
@@ -99,6 +113,20 @@ async def search_index(
             if len(found) >= limit:
                 return found
     return found
+
+
+async def count_matches(
+    authorizer: Any, ctx: RequestContext, transaction: Transaction, query: QidoQuery
+) -> int | None:
+    """How many permitted results match, where the index knows it (studies matched on indexed
+    keys only: one SQL count); None otherwise (series and instances are counted by the
+    archive, batch by batch, which the gateway does not do past the page)."""
+    if transaction is not Transaction.SEARCH_FOR_STUDIES or authorizer.residual_keys(query.matches):
+        return None
+    count: int | None = await authorizer.count_studies(
+        ctx, Action.SEARCH, query.matches, query.fuzzymatching
+    )
+    return count
 
 
 def _narrow(matches: tuple[tuple[str, str], ...], studies: set[str]) -> tuple[tuple[str, str], ...]:
@@ -170,9 +198,10 @@ async def _query(
     archive_matches: tuple[tuple[str, str], ...],
     returned: tuple[str, ...],
 ) -> list[dict[str, Any]]:
+    defaults = () if transaction is Transaction.SEARCH_FOR_STUDIES else STUDY_DEFAULTS
     sub = QidoQuery(
         matches=(("StudyInstanceUID", ",".join(studies)), *archive_matches),
-        includefields=tuple(dict.fromkeys((*query.includefields, *returned))),
+        includefields=tuple(dict.fromkeys((*query.includefields, *returned, *defaults))),
         limit=None,
         offset=0,
         fuzzymatching=False,

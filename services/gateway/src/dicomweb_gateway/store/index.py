@@ -115,6 +115,17 @@ class StudyIndex:
         async with self.store._session() as session:
             return [row[0] for row in await session.execute(stmt)]
 
+    async def count_matching(
+        self, predicate: Predicate, matches: tuple[tuple[str, str], ...], fuzzy: bool
+    ) -> int:
+        """How many permitted studies match (the `Warning: 299` of a capped answer)."""
+        if predicate is False:
+            return 0
+        stmt, _ = self._candidates(matches, fuzzy, predicate)
+        counted = select(func.count()).select_from(stmt.subquery())
+        async with self.store._session() as session:
+            return int((await session.execute(counted)).scalar_one())
+
     async def scan(
         self,
         predicate: Predicate,

@@ -127,12 +127,13 @@ def _text(column: Any, value: str, dialect: str) -> ColumnElement[bool]:
 def like(column: Any, pattern: str, dialect: str) -> ColumnElement[bool]:
     """Case-sensitive DICOM wildcard matching (`*`, `?`) on both databases.
 
-    SQLite's LIKE ignores ASCII case, so SQLite uses GLOB, whose `*` and `?` are DICOM's (values
-    never hold `[`, parse.py refuses it). PostgreSQL's LIKE is case-sensitive: `%`, `_` and the
+    SQLite's LIKE ignores ASCII case, so SQLite uses GLOB, whose `*` and `?` are DICOM's; its
+    one other special character, `[`, is written as the class `[[]` (values may hold any
+    character of their VR, issue 14). PostgreSQL's LIKE is case-sensitive: `%`, `_` and the
     escape character are escaped, then the wildcards translated.
     """
     if dialect == "sqlite":
-        result: ColumnElement[bool] = column.op("GLOB")(pattern)
+        result: ColumnElement[bool] = column.op("GLOB")(pattern.replace("[", "[[]"))
         return result
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     result = column.like(escaped.replace("*", "%").replace("?", "_"), escape="\\")
