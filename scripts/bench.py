@@ -329,7 +329,8 @@ async def measure(
         while time.perf_counter() < deadline and started < max_requests:
             started += 1
             t = time.perf_counter()
-            total += await one(target, w, bodies[(n + started) % len(bodies)])
+            size = await one(target, w, bodies[(n + started) % len(bodies)])
+            total += size  # after the await: `total += await ...` would lose updates
             latencies.append(time.perf_counter() - t)
 
     front0, archive0 = cpu_seconds(target.pids), cpu_seconds([archive_pid])
@@ -368,12 +369,9 @@ async def main_async(args: argparse.Namespace, stack: dict[str, Any], password: 
     ca = ssl.create_default_context(cafile=stack["ca_cert"])
     archive_ctx = ssl.create_default_context(cafile=stack["ca_cert"])
     archive_ctx.load_cert_chain(archive["gateway_client_cert"], archive["gateway_client_key"])
-    token = (
-        args.token
-        or login_password(
-            stack, "radiologist", "openid user/ImagingStudy.rs user/ImagingStudy.c"
-        ).access_token
-    )
+    scope = "openid user/ImagingStudy.rs user/ImagingStudy.c"
+    session = None if args.token else login_password(stack, "radiologist", scope)
+    token = args.token or session.access_token  # type: ignore[union-attr]
     fronts = Fronts(stack, run_dir)
     targets: list[Target] = []
     try:
@@ -447,6 +445,12 @@ async def main_async(args: argparse.Namespace, stack: dict[str, Any], password: 
             for c in args.concurrency:
                 if c > w.max_concurrency:
                     continue
+                if session is not None and session.claims.get("exp", 0) - time.time() < 90:
+                    # Access tokens live 300 s; a whole bench takes longer.
+                    session = login_password(stack, "radiologist", scope)
+                    for t in targets:
+                        if "Authorization" in t.client.headers:
+                            t.client.headers["Authorization"] = f"Bearer {session.access_token}"
                 for t in targets:
                     if w.stow and t.name in ("proxy", "uncached"):
                         continue  # the proxy adds nothing to a STOW worth a row

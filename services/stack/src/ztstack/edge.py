@@ -134,7 +134,7 @@ def render(
         "PUBLIC_URL": public_url.rstrip("/"),
         "PUBLIC_HOSTPORT": str(public.netloc),
         "SECRET": secret_file(run).read_text(encoding="utf-8").strip(),
-        "TTL": str(decision_ttl_seconds),
+        "DECISION_CACHE": _decision_cache(decision_ttl_seconds),
         "RATE": str(requests_per_second),
         "BURST": str(requests_per_second * 2),
         "HSTS": HSTS,
@@ -148,6 +148,24 @@ def render(
     path = d / "nginx.conf"
     write_private(path, text.encode())  # it holds the archive's credentials: 0600
     return path
+
+
+def _decision_cache(ttl: int) -> str:
+    """The decision cache of the data plane's subrequest; none at all when the bound is 0
+    (a cache lock with nothing to cache would only make concurrent requests wait)."""
+    if ttl <= 0:
+        return "proxy_cache off;"
+    return "\n            ".join(
+        [
+            "proxy_cache zt_decisions;",
+            'proxy_cache_key "$http_authorization|$zt_study";',
+            f"proxy_cache_valid 200 204 {ttl}s;",
+            "proxy_cache_valid any 0;",
+            "proxy_cache_lock on;  # concurrent first reads of a study wait for one decision",
+            "proxy_cache_lock_timeout 5s;",
+            "proxy_ignore_headers Cache-Control Expires Set-Cookie Vary;",
+        ]
+    )
 
 
 def access_log(run: RunDir) -> Path:

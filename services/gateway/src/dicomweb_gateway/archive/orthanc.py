@@ -87,7 +87,11 @@ class OrthancArchive:
             transport=transport,
             # Connect fast or report the archive down; reads may take the configured time.
             timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            # The archive (civetweb) closes a connection idle for 1 s; reusing one it is closing
+            # fails the request ("archive unreachable"), so idle ones expire here first.
+            limits=httpx.Limits(
+                max_connections=64, max_keepalive_connections=32, keepalive_expiry=0.5
+            ),
             follow_redirects=False,
             trust_env=False,
         )
