@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -107,6 +109,18 @@ def published_door(stack: dict[str, Any], host: str) -> Iterator[int]:
 
 
 @pytest.mark.control("NW-3")
+def _serving(host: str, port: int) -> bool:
+    """The published gateway answers (bound is not enough: uvicorn binds before it serves)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # readiness only; the scan checks the certificate
+    try:
+        with socket.create_connection((host, port), timeout=3) as raw, ctx.wrap_socket(raw):
+            return True
+    except OSError:
+        return False
+
+
 def test_the_stack_exposes_only_the_gateway(
     stack: dict[str, Any], extra_gateway: Any, outside: Namespace, tmp_path: Path
 ) -> None:
@@ -117,21 +131,26 @@ def test_the_stack_exposes_only_the_gateway(
         published_door(stack, host) as door,
     ):
         deadline = time.monotonic() + 60
-        while not _bound(host, gw.port):
+        while not _serving(host, gw.port):
             assert time.monotonic() < deadline, gw.log.read_text(encoding="utf-8")[-2000:]
             time.sleep(0.3)
         targets = [f"{host}:{p}" for p in sorted({*ports.values(), gw.port, door})]
-        code, report = exposure(
-            outside,
-            targets,
-            tmp_path,
-            "--ca",
-            stack["ca_cert"],
-            "--fail-on",
-            "low",
-            "--config",
-            str(Path(stack["run_dir"]) / "gateway" / "settings.yaml"),
-        )
+        expected = {gw.port, door, ports["orthanc_http"]}
+        for _attempt in range(2):  # once more if the loaded machine timed a connect out
+            code, report = exposure(
+                outside,
+                targets,
+                tmp_path,
+                "--ca",
+                stack["ca_cert"],
+                "--fail-on",
+                "low",
+                "--config",
+                str(Path(stack["run_dir"]) / "gateway" / "settings.yaml"),
+            )
+            seen = {e["port"] for e in report["endpoints"] if e["state"] == "open"}
+            if expected <= seen:
+                break
     shutil.copy(tmp_path / "report.md", REPORTS / "exposure-stack.md")
     by_port = {e["port"]: e for e in report["endpoints"]}
     open_ports = {p for p, e in by_port.items() if e["state"] == "open"}
