@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,20 @@ def since(audit: AuditStore, mark: int) -> list[dict[str, Any]]:
     return audit.search(Filters(after_seq=mark, limit=1000))
 
 
+def since_until(
+    audit: AuditStore, mark: int, wanted: Callable[[dict[str, Any]], bool], seconds: float = 15
+) -> list[dict[str, Any]]:
+    """The records after `mark` once one of them is `wanted`: the bridge audits an
+    association's end (release, rejection, abort) from pynetdicom's event handlers, which run
+    just after the peer has its answer. Bounded; the caller's assertions report a miss."""
+    deadline = time.monotonic() + seconds
+    while True:
+        rows = since(audit, mark)
+        if any(wanted(r) for r in rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def archive(stack: dict[str, Any]) -> Iterator[httpx.Client]:
     a = stack["archive"]
@@ -209,7 +223,11 @@ def test_a_legacy_modality_stores_through_the_bridge(
     assert done.returncode == 0, done.stdout + done.stderr
     for _, ds in files:
         assert stored(archive, ds.SOPInstanceUID)
-    rows = since(audit, mark)
+    # The bridge writes the association's Logout once the release is done, which may be just
+    # after storescu has exited: wait (bounded) for it rather than racing it.
+    rows = since_until(
+        audit, mark, lambda r: r["event_types"] == "110123" and r["user_id"] == LEGACY
+    )
     for _, ds in files:
         per_study = [r for r in rows if ds.StudyInstanceUID in r["studies"]]
         # The door: the instance arrived over DICOM TLS from the bridge's certificate (the door's
@@ -263,8 +281,9 @@ def test_the_bridge_refuses_every_other_peer_and_service(
         done = dcmtk(ns, "storescu", calling, bridge, path)
     assert done.returncode != 0, done.stdout + done.stderr
     assert not stored(archive, ds.SOPInstanceUID)
-    alerts = [r for r in since(audit, mark) if r["event_id"] == "110113"]
-    assert len(alerts) == 1, since(audit, mark)
+    rows = since_until(audit, mark, lambda r: r["event_id"] == "110113")
+    alerts = [r for r in rows if r["event_id"] == "110113"]
+    assert len(alerts) == 1, rows
     alert = alerts[0]
     assert alert["event_types"] == "110126" and alert["outcome"] == 4
     assert f'NetworkAccessPointID="{ns.ip}"' in alert["message"]
