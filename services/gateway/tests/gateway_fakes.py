@@ -489,3 +489,22 @@ class IndexDouble:
 
     def repair(self, uids: Any) -> None:
         return None
+
+
+def bare_services(**given: Any) -> Any:
+    """A `Services` for a bare FastAPI app in a unit test: what the test gives, None elsewhere."""
+    from dicomweb_gateway.services import Services
+
+    fields = dict.fromkeys(
+        (
+            "settings",
+            "archive",
+            "authenticator",
+            "authorizer",
+            "auditor",
+            "rate_limiter",
+            "rewriter",
+            "replay",
+        )
+    )
+    return Services(**(fields | given))

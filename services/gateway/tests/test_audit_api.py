@@ -19,6 +19,7 @@ from dicomweb_gateway.errors import GatewayError, invalid_token, missing_credent
 from dicomweb_gateway.ratelimit import RateLimiter
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from gateway_fakes import bare_services
 
 ISS = "https://localhost:9443/realms/dicomweb"
 WHO = Participants("zt-gateway", "localhost", "https://localhost:8042", "localhost")
@@ -56,10 +57,12 @@ class FakeAuthenticator:
 
 def app_with(auditor: Auditor) -> FastAPI:
     app = FastAPI()
-    app.state.auditor = auditor
-    app.state.authenticator = FakeAuthenticator()
-    app.state.settings = SimpleNamespace(public_url="https://localhost:8443")
-    app.state.rate_limiter = RateLimiter(600)
+    app.state.services = bare_services(
+        auditor=auditor,
+        authenticator=FakeAuthenticator(),
+        settings=SimpleNamespace(public_url="https://localhost:8443"),
+        rate_limiter=RateLimiter(600),
+    )
     app.include_router(router)
 
     @app.exception_handler(GatewayError)

@@ -84,7 +84,7 @@ async def gateway(
         settings, archive_transport=archive.transport(), idp_transport=idp.transport(),
         authorizer=OnlyStudyA(),
     )  # fmt: skip
-    assert isinstance(app.state.auditor, Auditor)  # built by the factory from the settings
+    assert isinstance(app.state.services.auditor, Auditor)  # built by the factory from the settings
     store = AuditStore(url)
     async for client in _client(app):
         yield client, store

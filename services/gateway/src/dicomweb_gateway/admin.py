@@ -18,10 +18,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .authorize import Authorizer
 from .context import Action, RequestContext, StudyRef
 from .errors import bad_request, not_found
 from .pipeline import guarded
+from .services import AuthorizerPort, services_of
 from .store import UnknownStudy
 
 # PS3.5 9.1: digits and dots, no leading zero in a component, at most 64 characters.
@@ -36,10 +36,8 @@ def valid_uid(value: str) -> bool:
     return len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
-def _authorizer(request: Request) -> Authorizer:
-    authorizer = request.app.state.authorizer
-    assert isinstance(authorizer, Authorizer)
-    return authorizer
+def _authorizer(request: Request) -> AuthorizerPort:
+    return services_of(request).authorizer
 
 
 class LabelChangeRequest(BaseModel):
@@ -123,7 +121,7 @@ async def _change_labels(
     if unknown:
         raise bad_request("unknown_label", "unknown label", f"unknown labels {unknown}")
     await authorizer.check_study(ctx, Action.ADMIN, study_instance_uid)
-    await request.app.state.auditor.preflight()  # no unaudited change (fail closed)
+    await services_of(request).auditor.preflight()  # no unaudited change (fail closed)
     try:
         update = await authorizer.store.change_labels(
             study_instance_uid, body.add, body.remove, _who(ctx), body.reason
@@ -172,7 +170,7 @@ async def _grant(request: Request, ctx: RequestContext) -> Response:
         )
     await authorizer.check_study(ctx, Action.BREAK_GLASS, body.study_instance_uid)
     assert ctx.principal is not None  # check_study denies an anonymous caller
-    await request.app.state.auditor.preflight()  # no unaudited emergency access (fail closed)
+    await services_of(request).auditor.preflight()  # no unaudited emergency access
     grant = await authorizer.store.grant_break_glass(
         ctx.principal.subject,
         ctx.principal.issuer,

@@ -70,9 +70,9 @@ async def identify(app: Any, scope: Scope) -> Principal | None:
     headers = Headers(scope=scope)
     if not headers.get("authorization"):
         return None
-    state = getattr(app, "state", None)
-    authenticator = getattr(state, "authenticator", None)
-    settings = getattr(state, "settings", None)
+    services = getattr(getattr(app, "state", None), "services", None)
+    authenticator = getattr(services, "authenticator", None)
+    settings = getattr(services, "settings", None)
     if authenticator is None or settings is None:
         return None
     query = scope.get("query_string", b"").decode("latin-1")
@@ -149,7 +149,8 @@ class AuditEveryRequest:
             error_detail=mark.detail,
         )
         mark.request_id = ctx.request_id
-        auditor = getattr(getattr(app, "state", None), "auditor", None)
+        services = getattr(getattr(app, "state", None), "services", None)
+        auditor = getattr(services, "auditor", None)
         if auditor is None:
             return ctx.request_id, None
         ctx.principal = await identify(app, scope)

@@ -23,10 +23,10 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from .archive.orthanc import DICOMWEB_ROOT
+from . import dicomjson
+from .archive import Archive
 from .context import Action, RequestContext
-from .forward import archive_error
-from .parse import QIDO_KEYS, QidoQuery, Transaction
+from .parse import QidoQuery, Transaction
 from .rewrite import study_of
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ _OWNED_KEYS = {"SeriesInstanceUID": "series", "SOPInstanceUID": "instance"}
 
 
 async def search_index(
-    archive: Any,
+    archive: Archive,
     authorizer: Any,
     ctx: RequestContext,
     transaction: Transaction,
@@ -141,7 +141,7 @@ def _narrow(matches: tuple[tuple[str, str], ...], studies: set[str]) -> tuple[tu
 
 
 async def _fetch(
-    archive: Any,
+    archive: Archive,
     authorizer: Any,
     ctx: RequestContext,
     transaction: Transaction,
@@ -190,7 +190,7 @@ async def _fetch(
 
 
 async def _query(
-    archive: Any,
+    archive: Archive,
     ctx: RequestContext,
     transaction: Transaction,
     query: QidoQuery,
@@ -206,38 +206,9 @@ async def _query(
         offset=0,
         fuzzymatching=False,
     )
-    upstream = await archive.send(
-        "GET",
-        DICOMWEB_ROOT + _LEVEL_PATH[transaction],
-        sub.archive_query(("StudyInstanceUID", "PatientID")),
-        {"Accept": DICOM_JSON},
-        stream=False,
-    )
-    if upstream.status_code == 204:
-        return []
-    if upstream.status_code >= 400:
-        raise archive_error(upstream.status_code, ctx.transaction or "search")
-    results: list[dict[str, Any]] = upstream.json() or []
-    # Values with spaces were sent as `?` wildcards (parse.py): check them exactly here.
-    for keyword, pattern in sub.exact_filters:
-        tag = QIDO_KEYS[keyword]
-        results = [r for r in results if any(pattern.fullmatch(v) for v in _texts(r, tag))]
-    return results
+    return await archive.search(_LEVEL_PATH[transaction], sub, ("StudyInstanceUID", "PatientID"))
 
 
 def _text(item: dict[str, Any], tag: str) -> str:
-    values = _texts(item, tag)
+    values = dicomjson.texts(item, tag)
     return values[0] if values else ""
-
-
-def _texts(item: dict[str, Any], tag: str) -> list[str]:
-    element = item.get(tag)
-    if not isinstance(element, dict):
-        return []
-    out: list[str] = []
-    for value in element.get("Value") or []:
-        if isinstance(value, str):
-            out.append(value)
-        elif isinstance(value, dict) and isinstance(value.get("Alphabetic"), str):
-            out.append(value["Alphabetic"])
-    return out

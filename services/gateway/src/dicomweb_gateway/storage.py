@@ -24,7 +24,8 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from .archive.orthanc import DICOMWEB_ROOT, Location
+from . import dicomjson
+from .archive import Archive
 from .context import Action, RequestContext, StudyRef
 from .errors import GatewayError
 from .forward import archive_error
@@ -44,20 +45,7 @@ log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 
 
-class StoreArchive(Protocol):
-    async def locate(self, level: str, uids: Any) -> dict[str, set[Location]]: ...
-
-    async def send(
-        self,
-        method: str,
-        path: str,
-        query: str = "",
-        headers: Any = None,
-        content: Any = None,
-        stream: bool = True,
-    ) -> Any: ...
-
-    async def delete_instance(self, study: str, series: str, sop_instance_uid: str) -> bool: ...
+StoreArchive = Archive  # the archive port (archive/port.py)
 
 
 class Identities(Protocol):
@@ -113,16 +101,10 @@ async def store_parts(
     ctx.forwarded = True
     boundary, body = encode_multipart(accepted)
     try:
-        upstream = await archive.send(
-            "POST",
-            DICOMWEB_ROOT + archive_path,
-            headers={
-                "Accept": DICOM_JSON,
-                "Content-Type": 'multipart/related; type="application/dicom"; boundary='
-                + boundary.decode(),
-            },
-            content=body,
-            stream=False,
+        upstream = await archive.store(
+            archive_path,
+            'multipart/related; type="application/dicom"; boundary=' + boundary.decode(),
+            body,
         )
     except GatewayError:
         await authorizer.store.release(claimed)
@@ -261,9 +243,9 @@ async def _verify(
     items = _sequence(answer, "00081199")
     kept_items: list[object] = []
     for item in items:
-        sop = _first(item, "00081155")
+        sop = dicomjson.first(item, "00081155")
         part = by_sop.get(sop or "")
-        where = _retrieve_path(_first(item, "00081190"))
+        where = _retrieve_path(dicomjson.first(item, "00081190"))
         if part is None:
             # The archive stored something nobody sent as such: a smuggled object.
             ctx.alerts.append(("integrity", f"archive reported an unexpected instance {sop}"))
@@ -272,7 +254,7 @@ async def _verify(
             continue
         study, series, _ = _uids(part)
         if where is None:
-            found = (await archive.locate("instance", [sop])).get(sop or "", set())
+            found = (await archive.locate("instance", [sop or ""])).get(sop or "", set())
             places = {(loc.study_instance_uid, loc.series_instance_uid) for loc in found}
         else:
             places = {(where[0], where[1])}
@@ -303,15 +285,6 @@ def _sequence(answer: dict[str, object], tag: str) -> list[dict[str, Any]]:
     if isinstance(element, dict) and isinstance(element.get("Value"), list):
         return [i for i in element["Value"] if isinstance(i, dict)]
     return []
-
-
-def _first(item: dict[str, Any], tag: str) -> str | None:
-    element = item.get(tag)
-    if isinstance(element, dict):
-        values = element.get("Value")
-        if isinstance(values, list) and values and isinstance(values[0], str):
-            return values[0]
-    return None
 
 
 def _retrieve_path(url: str | None) -> tuple[str, str, str] | None:

@@ -7,7 +7,7 @@ Reading the log is itself audited (Audit Log Used, 110101); a refused read is a 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -15,10 +15,8 @@ from fastapi.responses import JSONResponse, Response
 from ..context import Action, Decision, Principal, RequestContext
 from ..errors import insufficient_scope, step_up
 from ..pipeline import guarded
+from ..services import services_of
 from .store import Filters, split_ids
-
-if TYPE_CHECKING:
-    from . import Auditor
 
 router = APIRouter()
 
@@ -71,7 +69,7 @@ async def read_audit(
 
     Runs through the gateway pipeline (`guarded`): authentication, rate limits, and the record
     of this very read (110101) or of its refusal (110113)."""
-    auditor: Auditor = request.app.state.auditor
+    auditor = services_of(request).auditor
     filters = Filters(
         since, until, user, patient, study, outcome, event, limit=limit, offset=offset
     )
