@@ -248,7 +248,6 @@ def mount_viewer(app: FastAPI, settings: Settings) -> None:
     if settings.viewer.dist_dir is None:
         return
     site = ViewerSite.load(settings)
-    app.state.viewer = site
 
     async def viewer(request: Request) -> Response:
         return site.respond(request.url.path)
