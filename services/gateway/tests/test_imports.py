@@ -96,4 +96,18 @@ def test_services_only_through_services(relative: str, tree: ast.Module) -> None
 def test_the_rules_see_the_package() -> None:
     """The walk finds the adapters and the policy package (a moved tree fails here, loudly)."""
     found = {relative for relative, _ in _modules()}
-    assert ADAPTERS <= found and "policy/decide.py" in found and "services.py" in found
+    assert found >= ADAPTERS and "policy/decide.py" in found and "services.py" in found
+
+
+def test_rules_live_in_one_place() -> None:
+    """One UID grammar, one list of API prefixes, one list of supported scopes (issue 17)."""
+    from dicomweb_gateway import admin, app, edge, http, parse, viewer
+    from dicomweb_gateway.policy import scopes
+    from dicomweb_gateway.policy.criteria import scope
+
+    assert admin.valid_uid is parse.is_uid
+    assert admin.valid_uid("0") and not admin.valid_uid("01.2")
+    assert edge.API_PREFIXES is http.API_PREFIXES
+    assert viewer.API_PREFIXES == http.API_PREFIXES + http.SERVICE_ROUTES
+    assert app.SCOPES_SUPPORTED == list(scopes.OPERATION_SCOPES)
+    assert scope.GRANTING_SCOPES is scopes.GRANTING_SCOPES

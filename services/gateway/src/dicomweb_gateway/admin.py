@@ -10,7 +10,6 @@ for a label change (DICOM PS3.15 A.5.3.11, CID 403).
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -20,20 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .context import Action, RequestContext, StudyRef
 from .errors import bad_request, not_found
+from .parse import is_uid as valid_uid  # the one UID grammar (PS3.5 9.1)
 from .pipeline import guarded
 from .services import AuthorizerPort, services_of
 from .store import UnknownStudy
 
-# PS3.5 9.1: digits and dots, no leading zero in a component, at most 64 characters.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
-
 M = TypeVar("M", bound=BaseModel)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-
-
-def valid_uid(value: str) -> bool:
-    return len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 def _authorizer(request: Request) -> AuthorizerPort:

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import dicomweb
-from .archive import open_archive
+from .archive import native_roots, open_archive
 from .audit import Auditor
 from .authenticate import Authenticator
 from .authorize import Authorizer
@@ -114,7 +114,7 @@ def create_app(
     _install_optional_routers(app, settings)
     # Outermost last (edge.py): headers on everything, the safe 500, one audit record per
     # request, the body cap before any route or authentication reads, then the path guard.
-    app.add_middleware(PathGuard)
+    app.add_middleware(PathGuard, native_roots=native_roots())
     app.add_middleware(
         BodyLimit,
         default_cap=settings.limits.max_body_bytes,
@@ -130,7 +130,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     # Answers given outside the pipeline: each is noted for the audit middleware, which
     # records it (VA-7).
     def refused(request: Request, error: GatewayError) -> Response:
-        note_refusal(request.scope, error.code, error.detail or error.public)
+        note_refusal(request.scope, error.code, error.detail or error.public, error.security_event)
         return error_response(error)
 
     @app.exception_handler(StarletteHTTPException)

@@ -22,10 +22,12 @@ from .errors import GatewayError, bad_request, not_found
 from .forward import archive_error, request_headers, stream_response
 from .nativexml import DICOM_XML, multipart_xml, native_xml, rewrite_multipart
 from .parse import (
+    DICOMWEB_PREFIX,
     METADATA,
     RENDERED,
     SEARCHES,
     THUMBNAILS,
+    WADO_URI_PATH,
     Resource,
     Transaction,
     parse_dicomweb,
@@ -45,8 +47,8 @@ from .stow import (
 )
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-DICOMWEB_ROOT = "/dicom-web"  # the gateway's own roots (http.API_PREFIXES)
-WADO_URI_ROOT = "/wado"
+DICOMWEB_ROOT = DICOMWEB_PREFIX  # the gateway's own roots (http.API_PREFIXES)
+WADO_URI_ROOT = WADO_URI_PATH
 
 
 def install(app: FastAPI) -> None:

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import Principal, RequestContext
 from .errors import GatewayError
-from .http import SCOPE_KEY, AuditMark, audit_mark, error_response, note_refusal
+from .http import API_PREFIXES, SCOPE_KEY, AuditMark, audit_mark, error_response, note_refusal
 
 log = logging.getLogger("dicomweb_gateway")
 
@@ -33,8 +33,6 @@ SERVICE_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/.well-known/oauth-protected-resource"}
 )
 
-# Paths owned by the API: anything under them is always recorded, whatever the status.
-API_PREFIXES = ("/dicom-web", "/wado", "/admin", "/audit", "/.well-known")
 
 _DEFAULT_CODES = {
     400: "invalid_request",
@@ -48,6 +46,7 @@ _DEFAULT_CODES = {
 
 
 def _api_path(path: str) -> bool:
+    """Paths owned by the API: anything under them is always recorded, whatever the status."""
     lowered = path.lower()
     return any(lowered == p or lowered.startswith(p + "/") for p in API_PREFIXES)
 
@@ -147,6 +146,7 @@ class AuditEveryRequest:
             status=status,
             error_code=mark.code or _DEFAULT_CODES.get(status, f"http_{status}"),
             error_detail=mark.detail,
+            security_event=mark.security_event,
         )
         mark.request_id = ctx.request_id
         services = getattr(getattr(app, "state", None), "services", None)
@@ -241,12 +241,12 @@ class BodyLimit:
         if declared is not None:
             if not declared.strip().isdigit():
                 error = GatewayError(400, "invalid_request", "malformed request", "content-length")
-                note_refusal(scope, error.code, error.detail)
+                note_refusal(scope, error.code, error.detail, error.security_event)
                 await _send_error(scope, receive, send, error, None)
                 return
             if int(declared) > cap:
                 error = payload_too_large(f"content-length {declared.strip()} > {cap}")
-                note_refusal(scope, error.code, error.detail)
+                note_refusal(scope, error.code, error.detail, error.security_event)
                 response = error_response(error)
                 response.headers["connection"] = "close"  # do not read the rest
                 await response(scope, receive, send)
@@ -260,7 +260,7 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > cap:
                     error = payload_too_large(f"body exceeds {cap}")
-                    note_refusal(scope, error.code, error.detail)
+                    note_refusal(scope, error.code, error.detail, error.security_event)
                     raise error
             return message
 

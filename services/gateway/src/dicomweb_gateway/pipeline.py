@@ -86,6 +86,7 @@ async def guarded(
         ctx.status = error.status
         ctx.error_code = error.code
         ctx.error_detail = error.detail
+        ctx.security_event = error.security_event
         response = error_response(error, ctx.request_id)
     except Exception as exc:
         if unavailable(exc):

@@ -11,8 +11,17 @@ import importlib
 
 import httpx
 
-from ..settings import Settings
+from ..settings import ARCHIVE_KINDS, Settings
 from .port import Archive, ArchiveStudy, Change, IndexSource, Location, StudyContents
+
+
+def native_roots() -> frozenset[str]:
+    """The first path segments of every adapter's product REST API and UI (`NATIVE_ROOTS`):
+    the gateway answers 404 for all of them, whichever archive it fronts (AP-2)."""
+    roots: set[str] = set()
+    for kind in ARCHIVE_KINDS:
+        roots |= importlib.import_module(f"{__name__}.{kind}").NATIVE_ROOTS
+    return frozenset(roots)
 
 
 def open_archive(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> Archive:
@@ -29,5 +38,6 @@ __all__ = [
     "IndexSource",
     "Location",
     "StudyContents",
+    "native_roots",
     "open_archive",
 ]

@@ -70,6 +70,9 @@ STUDY_FIELDS = (
     "00201206",  # NumberOfStudyRelatedSeries
     "00201208",  # NumberOfStudyRelatedInstances
 )
+# Service roots other archives put their DICOMweb and REST APIs under (dcm4chee-arc's
+# /dcm4chee-arc/aets/<AET>/rs, /wado-rs of several products): never served by the gateway.
+NATIVE_ROOTS = frozenset({"wado-rs", "rs", "dcm4chee-arc"})
 _SAFE = "*?^-._~,:'/()+"  # left unescaped in query values (PS3.18 8.3.4.1 allows all of these)
 
 

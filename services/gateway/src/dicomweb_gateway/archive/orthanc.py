@@ -35,6 +35,30 @@ from .dicomweb import DicomwebArchive
 from .port import ArchiveStudy, Change, IndexSource, StudyContents
 
 WADO_URI_ROOT = "/wado"
+# Orthanc's REST API, Explorer and viewer plugins at the root (the gateway never serves them).
+NATIVE_ROOTS = frozenset(
+    {
+        "tools",
+        "instances",
+        "series",
+        "studies",
+        "patients",
+        "system",
+        "plugins",
+        "changes",
+        "exports",
+        "modalities",
+        "peers",
+        "jobs",
+        "statistics",
+        "app",
+        "ui",
+        "orthanc",
+        "osimis-viewer",
+        "stone-webviewer",
+        "dicom-web-old",
+    }
+)
 
 # Characters Orthanc 1.10 reads literally in a raw query string: everything else is sent as a
 # `*` wildcard and matched exactly by the gateway (`_exact_filters`).
