@@ -109,5 +109,5 @@ def test_rules_live_in_one_place() -> None:
     assert admin.valid_uid("0") and not admin.valid_uid("01.2")
     assert edge.API_PREFIXES is http.API_PREFIXES
     assert viewer.API_PREFIXES == http.API_PREFIXES + http.SERVICE_ROUTES
-    assert app.SCOPES_SUPPORTED == list(scopes.OPERATION_SCOPES)
+    assert list(scopes.OPERATION_SCOPES) == app.SCOPES_SUPPORTED
     assert scope.GRANTING_SCOPES is scopes.GRANTING_SCOPES
