@@ -137,11 +137,14 @@ class DicomwebArchive:
     def encode(self, query: QidoQuery, always: tuple[str, ...]) -> str:
         return encode_query(query, always)
 
-    async def qido(self, path: str, query: str) -> list[dict[str, Any]]:
+    async def qido(self, path: str, query: str, missing_ok: bool = False) -> list[dict[str, Any]]:
+        """A DICOM JSON answer; `missing_ok`: a 404 (no such study or series) is no result."""
         response = await self.http.send(
             "GET", self.dicomweb_root + path, query, {"Accept": DICOM_JSON}, stream=False
         )
         if response.status_code == 204 or (response.status_code == 200 and not response.content):
+            return []
+        if response.status_code == 404 and missing_ok:
             return []
         if response.status_code >= 400:
             raise archive_error(response.status_code, "search")
@@ -297,6 +300,7 @@ class QidoIndexSource:
         found = await self._archive.qido(
             f"/studies/{study_instance_uid}/instances",
             "limit=1&includefield=0020000E&includefield=00080018",
+            missing_ok=True,
         )
         for item in found:
             series = dicomjson.first(item, "0020000E")
@@ -308,7 +312,9 @@ class QidoIndexSource:
     async def instance_attributes(self, resource_id: str) -> Mapping[str, Any] | None:
         study, series, sop = resource_id.split("/")
         found = await self._archive.qido(
-            f"/studies/{study}/series/{series}/instances/{sop}/metadata", ""
+            f"/studies/{study}/series/{series}/instances/{sop}/metadata",
+            "",
+            missing_ok=True,
         )
         return dicomjson.keywords(found[0]) if found else None
 
@@ -317,7 +323,7 @@ class QidoIndexSource:
 
     async def study_by_uid(self, study_instance_uid: str) -> ArchiveStudy | None:
         query = f"StudyInstanceUID={study_instance_uid}&" + _fields(STUDY_FIELDS)
-        for item in await self._archive.qido("/studies", query):
+        for item in await self._archive.qido("/studies", query, missing_ok=True):
             study = _archive_study(item)
             if study is not None and study.study_instance_uid == study_instance_uid:
                 return study
@@ -325,7 +331,7 @@ class QidoIndexSource:
 
     async def studies_page(self, since: int, limit: int) -> list[ArchiveStudy]:
         query = f"offset={since}&limit={limit}&" + _fields(STUDY_FIELDS)
-        found = await self._archive.qido("/studies", query)
+        found = await self._archive.qido("/studies", query, missing_ok=True)
         return [s for s in map(_archive_study, found) if s is not None]
 
     async def contents(
@@ -336,7 +342,9 @@ class QidoIndexSource:
         async def read(uid: str) -> None:
             async with self._limit:
                 series = await self._archive.qido(
-                    f"/studies/{uid}/series", "includefield=00080060&includefield=00201209"
+                    f"/studies/{uid}/series",
+                    "includefield=00080060&includefield=00201209",
+                    missing_ok=True,
                 )
             contents = out[uid]
             for item in series:
@@ -352,7 +360,9 @@ class QidoIndexSource:
         async def instances(uid: str) -> None:
             async with self._limit:
                 found = await self._archive.qido(
-                    f"/studies/{uid}/instances", "includefield=0020000E&includefield=00080018"
+                    f"/studies/{uid}/instances",
+                    "includefield=0020000E&includefield=00080018",
+                    missing_ok=True,
                 )
             contents = out[uid]
             for item in found:
@@ -375,6 +385,7 @@ class QidoIndexSource:
                 found = await self._archive.qido(
                     f"/studies/{uid}/instances",
                     "limit=1&includefield=0020000E&includefield=00080018",
+                    missing_ok=True,
                 )
                 for item in found:
                     sop = dicomjson.first(item, "00080018")
