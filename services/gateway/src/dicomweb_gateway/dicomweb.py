@@ -375,6 +375,8 @@ async def store(request: Request, ctx: RequestContext, resource: Resource) -> Re
     )
     if denial is not None:
         raise denial
+    # RetrieveURLs name the gateway, whatever the archive built them from (AP-4).
+    result = json.loads(state.rewriter.rewrite(json.dumps(result).encode()))
     return store_response(result, store_status(result), request.headers.get("accept"))
 
 

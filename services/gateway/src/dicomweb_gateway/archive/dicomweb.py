@@ -24,6 +24,7 @@ through the gateway (`Authorizer.on_stored`) plus the bounded, resumable reconci
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -73,6 +74,7 @@ STUDY_FIELDS = (
 # Service roots other archives put their DICOMweb and REST APIs under (dcm4chee-arc's
 # /dcm4chee-arc/aets/<AET>/rs, /wado-rs of several products): never served by the gateway.
 NATIVE_ROOTS = frozenset({"wado-rs", "rs", "dcm4chee-arc"})
+_ANY_TYPE = re.compile(r'type="?\*/\*"?', re.IGNORECASE)
 _SAFE = "*?^-._~,:'/()+"  # left unescaped in query values (PS3.18 8.3.4.1 allows all of these)
 
 
@@ -85,6 +87,15 @@ def encode_query(query: QidoQuery, always: tuple[str, ...] = ()) -> str:
     if query.fuzzymatching:
         parts.append("fuzzymatching=true")
     return "&".join(parts)
+
+
+def frames_accept(accept: str | None) -> str | None:
+    """`multipart/related; type="*/*"` (PS3.18 8.7.3.5.2; dicomweb-client's default for frames
+    and bulk data) asked as what it means in the spelling every archive accepts: any transfer
+    syntax as application/octet-stream parts (Orthanc's plugin 1.7 refuses the `*/*` form)."""
+    if accept and _ANY_TYPE.search(accept):
+        return 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    return accept
 
 
 class DicomwebArchive:
@@ -208,6 +219,10 @@ class DicomwebArchive:
 
     def retrieve_headers(self, resource: Resource, headers: Mapping[str, str]) -> dict[str, str]:
         out = dict(headers)
+        if resource.transaction in (Transaction.RETRIEVE_FRAMES, Transaction.RETRIEVE_BULKDATA):
+            accept = frames_accept(out.get("accept"))
+            if accept:
+                out["accept"] = accept
         if resource.transaction is Transaction.RETRIEVE_WADO_URI:
             args = dict(p.split("=", 1) for p in resource.raw_query.split("&") if "=" in p)
             media = args.get("contentType", "image/jpeg").split(",")[0].replace("%20", " ")

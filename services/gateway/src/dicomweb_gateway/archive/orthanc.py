@@ -10,7 +10,8 @@ rest is the standard adapter it refines (archive/dicomweb.py):
 - the plugin has no DELETE: a study or series is deleted through Orthanc's REST API after
   looking its Orthanc identifier up with /tools/lookup;
 - the plugin has no thumbnails: a thumbnail is a small rendered image;
-- the plugin refuses `type="*/*"` in a frames Accept header (`frames_accept`);
+- the plugin refuses `type="*/*"` in a frames Accept header: the standard adapter's
+  `frames_accept` spelling serves it too;
 - the civetweb server closes idle connections after 1 s (the pool expires them first);
 - Orthanc's REST API has a change feed (`/changes`) and its own study ids (`OrthancSource`),
   which keep the study index current without a full walk.
@@ -64,7 +65,6 @@ NATIVE_ROOTS = frozenset(
 # `*` wildcard and matched exactly by the gateway (`_exact_filters`).
 _LITERAL = re.compile(r"^[A-Za-z0-9^*?\-.,_:'/()+]*$")
 _UNSAFE_RUN = re.compile(r"[^A-Za-z0-9^*?\-.,_:'/()+]+")
-_ANY_TYPE = re.compile(r'type="?\*/\*"?', re.IGNORECASE)
 
 
 def encode_value(value: str) -> str:
@@ -103,15 +103,6 @@ def encode_query(query: QidoQuery, always: tuple[str, ...] = ()) -> str:
     if query.fuzzymatching:
         parts.append("fuzzymatching=true")
     return "&".join(parts)
-
-
-def frames_accept(accept: str | None) -> str | None:
-    """Plugin 1.7 refuses `multipart/related; type="*/*"` for frames and bulk data (400), which
-    PS3.18 8.7.3.5.2 allows and dicomweb-client sends by default: ask for what it means, any
-    transfer syntax as application/octet-stream parts."""
-    if accept and _ANY_TYPE.search(accept):
-        return 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-    return accept
 
 
 def study_resource_id(patient_id: str, study_instance_uid: str) -> str:
@@ -206,12 +197,9 @@ class OrthancArchive(DicomwebArchive):
         return self.dicomweb_root + resource.archive_path(), resource.raw_query
 
     def retrieve_headers(self, resource: Resource, headers: Mapping[str, str]) -> dict[str, str]:
-        out = dict(headers)
-        if resource.transaction in (Transaction.RETRIEVE_FRAMES, Transaction.RETRIEVE_BULKDATA):
-            accept = frames_accept(out.get("accept"))
-            if accept:
-                out["accept"] = accept
-        return out
+        if resource.transaction is Transaction.RETRIEVE_WADO_URI:
+            return dict(headers)  # Orthanc's own /wado reads `contentType` itself
+        return super().retrieve_headers(resource, headers)
 
     # ------------------------------------------------------------------ DELETE (REST API)
 

@@ -4,7 +4,9 @@ Order: token criteria (scope, study narrowing, patient context, known study), th
 (any matching deny wins; otherwise the first matching allow), then step-up requirements of an
 allowed request (RFC 9470: the strongest `acr` and the smallest `max_age` of every matching
 requirement). With `study=None` (the study is not known yet) only the token criteria and the
-step-up requirements that do not depend on the study are evaluated.
+step-up requirements that do not depend on the study are evaluated, except for the actions
+that never concern a study (`STUDYLESS`: reading the audit trail), which the rules decide on the
+caller alone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from collections.abc import Iterable
 from ..context import Action, Decision, Principal
 from .criteria import RULE_CRITERIA, TOKEN_CRITERIA, Facts, StudyFacts, auth_age, auth_level
 from .model import Criteria, Policy, Rule
+
+# Actions on no study at all: their rules (roles, groups, clients) are evaluated without one.
+STUDYLESS = frozenset({Action.AUDIT_READ})
 
 
 def decide(
@@ -35,7 +40,7 @@ def decide(
         if not ok:
             return Decision(False, tuple(reasons))
 
-    if study is not None:
+    if study is not None or action in STUDYLESS:
         allowed: Rule | None = None
         for rule in policy.rules:
             matched, why = _rule_matches(rule, facts)
