@@ -79,9 +79,7 @@ async def filter_qido(
 ) -> tuple[list[dict[str, Any]], int]:
     """Keep permitted results, then paginate (PS3.18 8.3.4.4) over what is left: (the page,
     how many permitted results match)."""
-    for keyword, pattern in query.exact_filters:
-        tag = QIDO_KEYS[keyword]
-        results = [r for r in results if any(pattern.fullmatch(v) for v in _texts(r, tag))]
+    results = exact_matches(results, query)
     uids = {uid for uid in map(study_of, results) if uid}
     allowed = await permitted(uids) if uids else set()
     kept = [r for r in results if study_of(r) in allowed]
@@ -98,7 +96,16 @@ def dump_json(results: list[dict[str, Any]]) -> bytes:
     return json.dumps(results, separators=(",", ":")).encode()
 
 
-def _texts(item: dict[str, Any], tag: str) -> list[str]:
+def exact_matches(results: list[dict[str, Any]], query: QidoQuery) -> list[dict[str, Any]]:
+    """Values with spaces were sent to the archive as `?` wildcards (parse.py): keep only the
+    results that match them exactly."""
+    for keyword, pattern in query.exact_filters:
+        tag = QIDO_KEYS[keyword]
+        results = [r for r in results if any(pattern.fullmatch(v) for v in texts(r, tag))]
+    return results
+
+
+def texts(item: dict[str, Any], tag: str) -> list[str]:
     """String values of an attribute in DICOM JSON (PN as its Alphabetic group)."""
     element = item.get(tag)
     if not isinstance(element, dict):

@@ -26,8 +26,8 @@ from typing import Any
 from .archive.orthanc import DICOMWEB_ROOT
 from .context import Action, RequestContext
 from .forward import archive_error
-from .parse import QIDO_KEYS, QidoQuery, Transaction
-from .rewrite import study_of
+from .parse import QidoQuery, Transaction
+from .rewrite import exact_matches, study_of, texts
 
 log = logging.getLogger(__name__)
 
@@ -218,26 +218,9 @@ async def _query(
     if upstream.status_code >= 400:
         raise archive_error(upstream.status_code, ctx.transaction or "search")
     results: list[dict[str, Any]] = upstream.json() or []
-    # Values with spaces were sent as `?` wildcards (parse.py): check them exactly here.
-    for keyword, pattern in sub.exact_filters:
-        tag = QIDO_KEYS[keyword]
-        results = [r for r in results if any(pattern.fullmatch(v) for v in _texts(r, tag))]
-    return results
+    return exact_matches(results, sub)
 
 
 def _text(item: dict[str, Any], tag: str) -> str:
-    values = _texts(item, tag)
+    values = texts(item, tag)
     return values[0] if values else ""
-
-
-def _texts(item: dict[str, Any], tag: str) -> list[str]:
-    element = item.get(tag)
-    if not isinstance(element, dict):
-        return []
-    out: list[str] = []
-    for value in element.get("Value") or []:
-        if isinstance(value, str):
-            out.append(value)
-        elif isinstance(value, dict) and isinstance(value.get("Alphabetic"), str):
-            out.append(value["Alphabetic"])
-    return out

@@ -25,7 +25,12 @@ from alembic.config import Config
 from sqlalchemy import create_engine, delete, event, or_, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from ..policy import StudyFacts
 from .engines import (
@@ -390,17 +395,7 @@ class PolicyStore:
         for attempt in range(3):
             try:
                 async with self._session.begin() as session:
-                    existing: dict[tuple[str, str], Claim] = {}
-                    for level in ("study", "series", "instance"):
-                        uids = sorted(uid for lvl, uid in wanted if lvl == level)
-                        for chunk in _chunks(uids, 500):
-                            rows = await session.scalars(
-                                select(UidClaim).where(
-                                    UidClaim.level == level, UidClaim.uid.in_(chunk)
-                                )
-                            )
-                            for row in rows:
-                                existing[(row.level, row.uid)] = _claim_of(row)
+                    existing = await existing_claims(session, wanted)
                     conflicts = [
                         c for k, c in wanted.items() if k in existing and not c.agrees(existing[k])
                     ]
@@ -562,6 +557,23 @@ def _history(
         removed=" ".join(sorted(update.removed)),
         reason=reason,
     )
+
+
+async def existing_claims(
+    session: AsyncSession, wanted: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], Claim]:
+    """The recorded claims of these (level, UID) keys, in chunks the databases accept."""
+    keys = list(wanted)
+    existing: dict[tuple[str, str], Claim] = {}
+    for level in ("study", "series", "instance"):
+        uids = sorted(uid for lvl, uid in keys if lvl == level)
+        for chunk in _chunks(uids, 500):
+            rows = await session.scalars(
+                select(UidClaim).where(UidClaim.level == level, UidClaim.uid.in_(chunk))
+            )
+            for row in rows:
+                existing[(row.level, row.uid)] = _claim_of(row)
+    return existing
 
 
 def _claim_of(row: UidClaim) -> Claim:
