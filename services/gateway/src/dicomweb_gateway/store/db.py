@@ -419,6 +419,11 @@ class PolicyStore:
                     raise
         raise AssertionError("unreachable")
 
+    async def recorded(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Claim]:
+        """The recorded claims of these (level, UID) keys (one read, no transaction)."""
+        async with self._session() as session:
+            return await existing_claims(session, keys)
+
     async def release(self, claims: Iterable[Claim]) -> None:
         """Forget claims this gateway recorded for instances the archive did not keep."""
         async with self._session.begin() as session:
