@@ -436,6 +436,9 @@ class MemoryIdentities:
         self.claims.update({(c.level, c.uid): c for c in new})
         return [], new
 
+    async def recorded(self, keys: Any) -> dict[tuple[str, str], Claim]:
+        return {k: self.claims[k] for k in keys if k in self.claims}
+
     async def release(self, claims: Any) -> None:
         for c in claims:
             self.claims.pop((c.level, c.uid), None)

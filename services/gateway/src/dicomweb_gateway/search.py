@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 UIDS_PER_QUERY = 100  # StudyInstanceUIDs per archive query (about 6.5 kB of URL at most)
 SCAN_BATCH = 100  # permitted studies per archive query when the archive matches keys
+MIN_BATCH = 10  # the first such query's studies, at least
 _LEVEL_PATH = {
     Transaction.SEARCH_FOR_STUDIES: "/studies",
     Transaction.SEARCH_FOR_SERIES: "/series",
@@ -101,17 +102,27 @@ async def search_index(
             indexed = (*indexed, ("ModalitiesInStudy", value))
     found: list[dict[str, Any]] = []
     skip = query.offset
+    # The archive is asked about as many studies as the page may need, then twice as many each
+    # time, up to SCAN_BATCH: a page of 25 series asks about 25 studies, not 100, when most
+    # candidates match (a Modality search over studies of that modality), and a sparse match
+    # still reaches SCAN_BATCH studies per query quickly.
+    size = min(SCAN_BATCH, max(MIN_BATCH, query.offset + limit)) if limit else SCAN_BATCH
     async for batch in authorizer.scan_studies(
         ctx, Action.SEARCH, indexed, query.fuzzymatching, batch=SCAN_BATCH
     ):
-        items = await _fetch(archive, authorizer, ctx, transaction, query, batch, archive_matches)
-        for item in items:
-            if skip:
-                skip -= 1
-                continue
-            found.append(item)
-            if len(found) >= limit:
-                return found
+        while batch:
+            chunk, batch = batch[:size], batch[size:]
+            size = min(SCAN_BATCH, size * 2)
+            items = await _fetch(
+                archive, authorizer, ctx, transaction, query, chunk, archive_matches
+            )
+            for item in items:
+                if skip:
+                    skip -= 1
+                    continue
+                found.append(item)
+                if len(found) >= limit:
+                    return found
     return found
 
 
