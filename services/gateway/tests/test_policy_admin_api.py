@@ -252,3 +252,23 @@ def _now():  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(NOW, UTC)
+
+
+@pytest.mark.control("ID-9")
+@pytest.mark.parametrize(
+    ("user", "status"),
+    [("admin", 200), ("admin-stale", 401), ("admin-pwd", 401), ("north", 403), ("er", 403)],
+)
+async def test_device_inventory_is_for_admins_only(
+    api: tuple[httpx.AsyncClient, FastAPI], user: str, status: int
+) -> None:
+    """An action on no study is decided by the rules too: a clinician with a fresh MFA login is
+    not an administrator (the `admin` rules name the role), and the inventory is not theirs."""
+    client, app = api
+    response = await client.get("/admin/devices", headers=as_user(user))
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert "devices" in response.json()
+    else:
+        assert "devices" not in response.text
+        assert app.state.services.auditor.records[-1].status == status

@@ -5,8 +5,9 @@ Order: token criteria (scope, study narrowing, patient context, known study), th
 allowed request (RFC 9470: the strongest `acr` and the smallest `max_age` of every matching
 requirement). With `study=None` (the study is not known yet) only the token criteria and the
 step-up requirements that do not depend on the study are evaluated, except for the actions
-that never concern a study (`STUDYLESS`: reading the audit trail), which the rules decide on the
-caller alone.
+that never concern a study (`STUDYLESS`: reading the audit trail, administration such as the
+device inventory), which the rules decide on the caller alone: without that, an action on no
+study would pass on the token's checks and step-up alone, whatever the caller's role.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from ..context import Action, Decision, Principal
 from .criteria import RULE_CRITERIA, TOKEN_CRITERIA, Facts, StudyFacts, auth_age, auth_level
 from .model import Criteria, Policy, Rule
 
-# Actions on no study at all: their rules (roles, groups, clients) are evaluated without one.
-STUDYLESS = frozenset({Action.AUDIT_READ})
+# Actions decided on the caller alone when no study is named: their rules (roles, groups,
+# clients) are evaluated without one. An admin action on a study is decided again with it.
+STUDYLESS = frozenset({Action.AUDIT_READ, Action.ADMIN})
 
 
 def decide(
