@@ -340,6 +340,8 @@ async def measure(
     front1, archive1 = cpu_seconds(target.pids), cpu_seconds([archive_pid])
     n = max(1, len(latencies))
     latencies.sort()
+    if not latencies:  # a warm-up shorter than one answer on a loaded machine
+        latencies = [elapsed]
     return Result(
         rps=len(latencies) / elapsed,
         mbps=total / elapsed / 1e6,

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import httpx
+from dicomweb_gateway.archive.client import ArchiveClient
 from dicomweb_gateway.archive.orthanc import OrthancArchive
 
 
@@ -142,12 +143,14 @@ class FakeOrthanc:
 
     def archive(self) -> OrthancArchive:
         return OrthancArchive(
-            "https://archive.invalid",
+            ArchiveClient(
+                "https://archive.invalid",
+                "gateway",
+                "secret",
+                verify=False,
+                transport=httpx.MockTransport(self.handler),
+            ),
             "https://gateway.invalid",
-            "gateway",
-            "secret",
-            verify=False,
-            transport=httpx.MockTransport(self.handler),
         )
 
 

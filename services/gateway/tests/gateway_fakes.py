@@ -436,6 +436,9 @@ class MemoryIdentities:
         self.claims.update({(c.level, c.uid): c for c in new})
         return [], new
 
+    async def recorded(self, keys: Any) -> dict[tuple[str, str], Claim]:
+        return {k: self.claims[k] for k in keys if k in self.claims}
+
     async def release(self, claims: Any) -> None:
         for c in claims:
             self.claims.pop((c.level, c.uid), None)
@@ -489,3 +492,22 @@ class IndexDouble:
 
     def repair(self, uids: Any) -> None:
         return None
+
+
+def bare_services(**given: Any) -> Any:
+    """A `Services` for a bare FastAPI app in a unit test: what the test gives, None elsewhere."""
+    from dicomweb_gateway.services import Services
+
+    fields = dict.fromkeys(
+        (
+            "settings",
+            "archive",
+            "authenticator",
+            "authorizer",
+            "auditor",
+            "rate_limiter",
+            "rewriter",
+            "replay",
+        )
+    )
+    return Services(**(fields | given))

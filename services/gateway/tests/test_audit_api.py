@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,11 +15,15 @@ import pytest
 from dicomweb_gateway.audit import Auditor, router
 from dicomweb_gateway.audit.messages import Participants
 from dicomweb_gateway.audit.store import AuditStore, Filters
+from dicomweb_gateway.authorize import Authorizer
 from dicomweb_gateway.context import Action, Principal, RequestContext, StudyRef
 from dicomweb_gateway.errors import GatewayError, invalid_token, missing_credentials
+from dicomweb_gateway.policy import decide, load_policy
 from dicomweb_gateway.ratelimit import RateLimiter
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from gateway_fakes import bare_services
+from policy_helpers import DEMO_POLICY
 
 ISS = "https://localhost:9443/realms/dicomweb"
 WHO = Participants("zt-gateway", "localhost", "https://localhost:8042", "localhost")
@@ -54,12 +59,25 @@ class FakeAuthenticator:
         return PEOPLE[name]
 
 
+class PolicyOnly:
+    """The authorizer's action check with the demo policy file: the real decide() and the one
+    place a decision becomes an error (`Authorizer._enforce`)."""
+
+    policy = load_policy(DEMO_POLICY)
+
+    async def check_action(self, ctx: RequestContext, action: Action) -> None:
+        Authorizer._enforce(ctx, decide(ctx.principal, action, None, self.policy, time.time()))
+
+
 def app_with(auditor: Auditor) -> FastAPI:
     app = FastAPI()
-    app.state.auditor = auditor
-    app.state.authenticator = FakeAuthenticator()
-    app.state.settings = SimpleNamespace(public_url="https://localhost:8443")
-    app.state.rate_limiter = RateLimiter(600)
+    app.state.services = bare_services(
+        auditor=auditor,
+        authorizer=PolicyOnly(),
+        authenticator=FakeAuthenticator(),
+        settings=SimpleNamespace(public_url="https://localhost:8443"),
+        rate_limiter=RateLimiter(600),
+    )
     app.include_router(router)
 
     @app.exception_handler(GatewayError)

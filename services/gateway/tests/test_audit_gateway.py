@@ -3,6 +3,7 @@ every transaction and every denial leaves exactly one message of the right type.
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,8 +15,10 @@ from dicomweb_gateway.app import create_app
 from dicomweb_gateway.audit import Auditor
 from dicomweb_gateway.audit.schema import validate
 from dicomweb_gateway.audit.store import AuditStore, Filters
+from dicomweb_gateway.authorize import Authorizer
 from dicomweb_gateway.context import Action, RequestContext
 from dicomweb_gateway.errors import insufficient_scope
+from dicomweb_gateway.policy import decide, load_policy
 from gateway_fakes import (
     PE_PREAMBLE,
     PUBLIC_URL,
@@ -27,6 +30,7 @@ from gateway_fakes import (
     make_settings,
 )
 from joserfc.jwk import ECKey
+from policy_helpers import DEMO_POLICY
 
 A, B = "1.2.826.0.1.1", "1.2.826.0.1.2"
 A_SERIES, B_SERIES = "1.2.826.0.1.1.1", "1.2.826.0.1.2.1"
@@ -38,7 +42,9 @@ class OnlyStudyA(IndexDouble):
     indexed = (A, B)
 
     async def check_action(self, ctx: RequestContext, action: Action) -> None:
-        return None
+        if action is Action.AUDIT_READ:  # the demo policy's audit-read rule decides it
+            policy = load_policy(DEMO_POLICY)
+            Authorizer._enforce(ctx, decide(ctx.principal, action, None, policy, time.time()))
 
     async def check_study(self, ctx: RequestContext, action: Action, uid: str) -> None:
         if uid != A:
@@ -84,7 +90,7 @@ async def gateway(
         settings, archive_transport=archive.transport(), idp_transport=idp.transport(),
         authorizer=OnlyStudyA(),
     )  # fmt: skip
-    assert isinstance(app.state.auditor, Auditor)  # built by the factory from the settings
+    assert isinstance(app.state.services.auditor, Auditor)  # built by the factory from the settings
     store = AuditStore(url)
     async for client in _client(app):
         yield client, store

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 from dicomweb_gateway.audit.messages import Participants, messages_for, user_name
 from dicomweb_gateway.audit.schema import validate
-from dicomweb_gateway.context import Action, Decision, Principal, RequestContext, StudyRef
+from dicomweb_gateway.context import (
+    Action,
+    Decision,
+    Principal,
+    RequestContext,
+    SecurityEvent,
+    StudyRef,
+)
 
 NOW = datetime(2026, 1, 5, 10, 15, 0, 123000, tzinfo=UTC)
 WHO = Participants("zt-gateway", "localhost", "https://localhost:8042", "localhost")
@@ -141,6 +148,7 @@ CASES: list[tuple[str, RequestContext, list[tuple[str, str, str, tuple[str, ...]
             principal=None,
             status=401,
             error_code="unauthorized",
+            security_event=SecurityEvent.AUTHENTICATION,
             forwarded=False,
         ),
         [("110113", "E", "4", ("110126",))],
@@ -154,6 +162,7 @@ CASES: list[tuple[str, RequestContext, list[tuple[str, str, str, tuple[str, ...]
             principal=None,
             status=401,
             error_code="invalid_token",
+            security_event=SecurityEvent.AUTHENTICATION,
             error_detail="bad signature",
             forwarded=False,
         ),
@@ -168,6 +177,7 @@ CASES: list[tuple[str, RequestContext, list[tuple[str, str, str, tuple[str, ...]
             principal=None,
             status=401,
             error_code="invalid_dpop_proof",
+            security_event=SecurityEvent.DPOP,
             error_detail="replayed jti",
             forwarded=False,
         ),
@@ -210,6 +220,7 @@ CASES: list[tuple[str, RequestContext, list[tuple[str, str, str, tuple[str, ...]
             status=401,
             forwarded=False,
             error_code="insufficient_user_authentication",
+            security_event=SecurityEvent.STEP_UP,
         ),
         [("110113", "E", "4", ("110132",))],
         [USER, GW],

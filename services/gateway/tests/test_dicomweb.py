@@ -1,4 +1,10 @@
-"""The gateway end to end in process: fake archive (httpx.MockTransport), real pipeline."""
+"""The gateway end to end in process: fake archive (httpx.MockTransport), real pipeline.
+
+Every test runs with both archive adapters in front of the same Orthanc look-alike:
+`archive.kind: orthanc` and `archive.kind: dicomweb` (its `url` the look-alike's `/dicom-web`
+root). With the standard adapter, the recording transport proves after each test that no
+request left the DICOMweb root: no product REST call at all (issue 17).
+"""
 
 from __future__ import annotations
 
@@ -102,6 +108,12 @@ def settings_overrides() -> dict[str, Any]:
     return {}
 
 
+@pytest.fixture(params=["orthanc", "dicomweb"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """The archive adapter under test."""
+    return str(request.param)
+
+
 @pytest.fixture
 async def client(
     tmp_path: Path,
@@ -109,8 +121,12 @@ async def client(
     idp: FakeIdp,
     auditor: RecordingAuditor,
     settings_overrides: dict[str, Any],
+    kind: str,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_settings(tmp_path, **settings_overrides)
+    overrides = dict(settings_overrides)
+    if kind == "dicomweb":
+        overrides["archive"] = {"kind": "dicomweb", "url": ARCHIVE_URL + "/dicom-web"}
+    settings = make_settings(tmp_path, **overrides)
     app = create_app(
         settings,
         archive_transport=archive.transport(),
@@ -123,6 +139,14 @@ async def client(
         async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as c:
             c.app = app  # type: ignore[attr-defined]
             yield c
+    if kind == "dicomweb":
+        # The recording transport: only PS3.18 resources under the DICOMweb root were asked.
+        outside = [
+            f"{r.method} {r.url.path}"
+            for r in archive.requests
+            if not r.url.path.startswith("/dicom-web/")
+        ]
+        assert outside == [], outside
 
 
 def auth(idp: FakeIdp, **claims: Any) -> dict[str, str]:
@@ -521,20 +545,34 @@ async def test_protected_resource_metadata(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.anyio
-async def test_delete_uses_rest_api(
-    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive
+async def test_delete_addresses_the_authorized_resource(
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive, kind: str
 ) -> None:
+    """Orthanc: its REST API, the resource found under the authorized study; the standard
+    adapter: the authorized path itself, nothing looked up, and 501 where deleting is not
+    offered."""
     r = await client.delete(f"/dicom-web/studies/{A}/series/{A_SERIES}", headers=auth(idp))
     assert r.status_code == 204
     assert archive.requests[-1].method == "DELETE"
-    assert archive.requests[-1].url.path == f"/series/se|{A}|{A_SERIES}"
-    r = await client.delete(f"/dicom-web/studies/{B}", headers=auth(idp))
-    assert r.status_code in (403, 404)
+    if kind == "orthanc":
+        assert archive.requests[-1].url.path == f"/series/se|{A}|{A_SERIES}"
+        r = await client.delete(f"/dicom-web/studies/{B}", headers=auth(idp))
+        assert r.status_code in (403, 404)
+        return
+    assert archive.requests[-1].url.path == f"/dicom-web/studies/{A}/series/{A_SERIES}"
+
+    def unsupported(request: httpx.Request) -> httpx.Response | None:
+        return httpx.Response(405) if request.method == "DELETE" else None
+
+    archive.handler_override = unsupported
+    r = await client.delete(f"/dicom-web/studies/{A}", headers=auth(idp))
+    assert r.status_code == 501 and r.json()["error"] == "delete_unsupported"
+    no_leak(r)
 
 
 @pytest.mark.anyio
 async def test_client_headers_not_forwarded(
-    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive
+    client: httpx.AsyncClient, idp: FakeIdp, archive: FakeArchive, kind: str
 ) -> None:
     await client.get(
         "/dicom-web/studies",
@@ -542,7 +580,10 @@ async def test_client_headers_not_forwarded(
         | {"X-Forwarded-Host": "evil.test", "Forwarded": "host=evil.test", "Cookie": "a=b"},
     )
     sent = archive.requests[-1].headers
-    assert sent["forwarded"] == "host=gateway.test:8443;proto=https"
+    if kind == "orthanc":
+        assert sent["forwarded"] == "host=gateway.test:8443;proto=https"
+    else:  # the standard adapter's URLs are rewritten from its own root (url_map)
+        assert "forwarded" not in sent
     assert "x-forwarded-host" not in sent and "cookie" not in sent
     assert sent["authorization"].startswith("Basic ")
 

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 from dicomweb_gateway import authorize
+from dicomweb_gateway.archive.orthanc import OrthancSource
 from dicomweb_gateway.authorize import Authorizer, _FactsCache
 from dicomweb_gateway.context import Action, Principal, RequestContext
 from dicomweb_gateway.policy import StudyFacts
-from dicomweb_gateway.store import ChangeFeedPoller, IndexEntry, OrthancSource
+from dicomweb_gateway.store import ChangeFeedPoller, IndexEntry
 from dicomweb_gateway.store.models import StudyIndexEntry
 from dicomweb_gateway.store.predicate import NotCompilable
 from fake_orthanc import NORTH_CT, FakeOrthanc

@@ -14,6 +14,7 @@ from dicomweb_gateway.context import Principal, RequestContext
 from dicomweb_gateway.errors import missing_credentials
 from dicomweb_gateway.ratelimit import RateLimiter
 from fastapi import FastAPI
+from gateway_fakes import bare_services
 from policy_helpers import DEMO_INGEST_RULES, DEMO_POLICY, NOW, principal
 
 pytestmark = pytest.mark.anyio
@@ -80,11 +81,13 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]
     await authorizer.store.record_ingest(NORTH_UID, "ZT-P001", {"site:north"}, "stow")
     app = FastAPI()
     app.include_router(admin.router)
-    app.state.settings = settings
-    app.state.authorizer = authorizer
-    app.state.authenticator = FakeAuthenticator()
-    app.state.auditor = RecordingAuditor()
-    app.state.rate_limiter = RateLimiter(10_000)
+    app.state.services = bare_services(
+        settings=settings,
+        authorizer=authorizer,
+        authenticator=FakeAuthenticator(),
+        auditor=RecordingAuditor(),
+        rate_limiter=RateLimiter(10_000),
+    )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="https://gateway.invalid") as c:
         yield c, app
@@ -96,7 +99,7 @@ def as_user(name: str) -> dict[str, str]:
 
 
 async def labels(app: FastAPI, uid: str) -> frozenset[str]:
-    return (await app.state.authorizer.store.study(uid)).labels  # type: ignore[no-any-return]
+    return (await app.state.services.authorizer.store.study(uid)).labels  # type: ignore[no-any-return]
 
 
 @pytest.mark.control("DA-2")
@@ -114,7 +117,7 @@ async def test_admin_changes_labels_audited(api: tuple[httpx.AsyncClient, FastAP
         "removed": ["vip"],
     }
     assert await labels(app, VIP_UID) == {"legal-hold", "site:north"}
-    record = app.state.auditor.records[-1]
+    record = app.state.services.auditor.records[-1]
     assert record.extra["security_event"]["event_type"] == "110135"
     assert record.alerts[0][0] == "object-security-attributes-changed"
     read = await client.get(f"/admin/studies/{VIP_UID}", headers=as_user("admin"))
@@ -149,7 +152,7 @@ async def test_bad_label_change_is_400_and_changes_nothing(
     assert response.status_code == 400
     assert response.json()["error"] == code
     assert await labels(app, VIP_UID) == {"site:north", "vip"}
-    history = await app.state.authorizer.store.label_history(VIP_UID)
+    history = await app.state.services.authorizer.store.label_history(VIP_UID)
     assert [h.via for h in history] == ["stow"]  # only the ingest that created it
 
 
@@ -175,7 +178,7 @@ async def test_label_change_needs_role_and_fresh_mfa(
     assert response.status_code == status
     assert needle in response.headers["WWW-Authenticate"]
     assert await labels(app, VIP_UID) == {"site:north", "vip"}
-    assert app.state.auditor.records[-1].status == status
+    assert app.state.services.auditor.records[-1].status == status
 
 
 async def test_label_change_unknown_study_is_404(api: tuple[httpx.AsyncClient, FastAPI]) -> None:
@@ -194,7 +197,7 @@ async def test_break_glass_grants_one_study_for_a_limited_time(
     api: tuple[httpx.AsyncClient, FastAPI],
 ) -> None:
     client, app = api
-    authorizer: Authorizer = app.state.authorizer
+    authorizer: Authorizer = app.state.services.authorizer
     er = USERS["er"]
     ctx = RequestContext("x", "GET", "/", "127.0.0.1", principal=er)
     assert await authorizer.permitted_studies(ctx, admin.Action.READ, {VIP_UID}) == set()
@@ -208,7 +211,7 @@ async def test_break_glass_grants_one_study_for_a_limited_time(
     assert grant["study_instance_uid"] == VIP_UID
     assert grant["expires_in"] == 3600
     assert await authorizer.permitted_studies(ctx, admin.Action.READ, {VIP_UID}) == {VIP_UID}
-    record = app.state.auditor.records[-1]
+    record = app.state.services.auditor.records[-1]
     assert record.extra["security_event"]["event_type"] == "110127"
     assert record.alerts == [
         ("emergency-override", record.alerts[0][1]),
@@ -238,11 +241,34 @@ async def test_break_glass_refused(
     response = await client.post("/admin/break-glass", json=body, headers=as_user(user))
     assert response.status_code == status
     er = USERS["er"]
-    assert await app.state.authorizer.store.active_grants(er.subject, er.issuer, _now()) == set()
-    assert "security_event" not in app.state.auditor.records[-1].extra
+    assert (
+        await app.state.services.authorizer.store.active_grants(er.subject, er.issuer, _now())
+        == set()
+    )
+    assert "security_event" not in app.state.services.auditor.records[-1].extra
 
 
 def _now():  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(NOW, UTC)
+
+
+@pytest.mark.control("ID-9")
+@pytest.mark.parametrize(
+    ("user", "status"),
+    [("admin", 200), ("admin-stale", 401), ("admin-pwd", 401), ("north", 403), ("er", 403)],
+)
+async def test_device_inventory_is_for_admins_only(
+    api: tuple[httpx.AsyncClient, FastAPI], user: str, status: int
+) -> None:
+    """An action on no study is decided by the rules too: a clinician with a fresh MFA login is
+    not an administrator (the `admin` rules name the role), and the inventory is not theirs."""
+    client, app = api
+    response = await client.get("/admin/devices", headers=as_user(user))
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert "devices" in response.json()
+    else:
+        assert "devices" not in response.text
+        assert app.state.services.auditor.records[-1].status == status

@@ -261,3 +261,45 @@ async def test_delete_addresses_the_series_of_the_authorized_study_only(
     assert r.status_code == 204
     assert instances(archive, VICTIM) == {VICTIM_SOP}
     assert VICTIM_SERIES not in archive.studies[OWN]
+
+
+def _lookups(archive: FakeArchive) -> list[str]:
+    """The archive's UID look-ups (QIDO with a UID list), by level."""
+    return [
+        q.url.path.rsplit("/", 1)[1]
+        for q in archive.requests
+        if q.method == "GET" and q.url.path.rsplit("/", 1)[1] in ("studies", "series", "instances")
+    ]
+
+
+async def test_appending_to_a_known_series_looks_up_only_the_new_instance(
+    client: httpx.AsyncClient, archive: FakeArchive
+) -> None:
+    """Recorded claims answer for the study and series; the archive is asked about new UIDs."""
+    study, series = "1.2.826.0.8.77", "1.2.826.0.8.77.1"
+    first = await stow(client, [dicom_file(study=study, series=series, patient_id="ZT-NORTH")])
+    assert first.status_code == 200, first.text
+    assert sorted(_lookups(archive)) == ["instances", "series", "studies"]
+    archive.requests.clear()
+    second = await stow(client, [dicom_file(study=study, series=series, patient_id="ZT-NORTH")])
+    assert second.status_code == 200, second.text
+    assert _lookups(archive) == ["instances"]
+    assert len(instances(archive, study)) == 2
+
+
+async def test_a_recorded_claim_refuses_even_when_the_archive_has_forgotten(
+    client: httpx.AsyncClient, archive: FakeArchive, auditor: Auditor
+) -> None:
+    """A series recorded under one study cannot be reused under another, whatever the archive
+    answers now (claims are checked before, and instead of, the archive for known UIDs)."""
+    study, series = "1.2.826.0.8.78", "1.2.826.0.8.78.1"
+    r = await stow(client, [dicom_file(study=study, series=series, patient_id="ZT-NORTH")])
+    assert r.status_code == 200, r.text
+    archive.studies.pop(study)  # the archive no longer answers for it
+    archive.requests.clear()
+    other = "1.2.826.0.8.79"
+    r = await stow(client, [dicom_file(study=other, series=series, patient_id="ZT-NORTH")])
+    assert r.status_code == 409
+    assert not [q for q in archive.requests if q.method == "POST"]
+    assert other not in archive.studies
+    assert any(kind == "uid-collision" for kind, _ in auditor.records[-1].alerts)

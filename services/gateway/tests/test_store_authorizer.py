@@ -9,11 +9,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from dicomweb_gateway.archive.orthanc import OrthancSource
 from dicomweb_gateway.authorize import Authorizer
 from dicomweb_gateway.context import Action, Principal, RequestContext
 from dicomweb_gateway.errors import GatewayError
 from dicomweb_gateway.policy import PolicyError
-from dicomweb_gateway.store import OrthancSource
 from fake_orthanc import NORTH_CT, SOUTH_MR_HOLD, VIP_CT, FakeOrthanc
 from policy_helpers import DEMO_INGEST_RULES, DEMO_POLICY, NOW, principal
 

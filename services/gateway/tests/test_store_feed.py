@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from dicomweb_gateway.archive.orthanc import OrthancSource
 from dicomweb_gateway.policy import load_policy
 from dicomweb_gateway.store import (
     ChangeFeedPoller,
-    OrthancSource,
     PolicyStore,
     load_ingest_rules,
 )

@@ -159,9 +159,9 @@ def index_rebuild(config_path: str) -> int:
     import asyncio
     import time
 
-    from .archive.orthanc import OrthancArchive
+    from .archive import open_archive
     from .authorize import load_policy_files
-    from .store import ChangeFeedPoller, OrthancSource, PolicyStore
+    from .store import ChangeFeedPoller, PolicyStore
 
     try:
         settings = load_settings(config_path)
@@ -185,9 +185,9 @@ def index_rebuild(config_path: str) -> int:
     async def run() -> int:
         store = PolicyStore(settings.database_url)
         store.migrate()
-        archive = OrthancArchive.from_settings(settings)
+        archive = open_archive(settings)
         try:
-            poller = ChangeFeedPoller(OrthancSource(archive), store, rules, 1.0)
+            poller = ChangeFeedPoller(archive.index_source, store, rules, 1.0)
             # A fresh pass from the start, every study re-read (force), then removals.
             await store.put_cursor(poller.reconciler.OFFSET, 0)
             await store.put_cursor(poller.reconciler.STARTED, 0)

@@ -10,7 +10,6 @@ for a label change (DICOM PS3.15 A.5.3.11, CID 403).
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -18,28 +17,20 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .authorize import Authorizer
 from .context import Action, RequestContext, StudyRef
 from .errors import bad_request, not_found
+from .parse import is_uid as valid_uid  # the one UID grammar (PS3.5 9.1)
 from .pipeline import guarded
+from .services import AuthorizerPort, services_of
 from .store import UnknownStudy
-
-# PS3.5 9.1: digits and dots, no leading zero in a component, at most 64 characters.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
 M = TypeVar("M", bound=BaseModel)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-def valid_uid(value: str) -> bool:
-    return len(value) <= 64 and _UID.fullmatch(value) is not None
-
-
-def _authorizer(request: Request) -> Authorizer:
-    authorizer = request.app.state.authorizer
-    assert isinstance(authorizer, Authorizer)
-    return authorizer
+def _authorizer(request: Request) -> AuthorizerPort:
+    return services_of(request).authorizer
 
 
 class LabelChangeRequest(BaseModel):
@@ -123,7 +114,7 @@ async def _change_labels(
     if unknown:
         raise bad_request("unknown_label", "unknown label", f"unknown labels {unknown}")
     await authorizer.check_study(ctx, Action.ADMIN, study_instance_uid)
-    await request.app.state.auditor.preflight()  # no unaudited change (fail closed)
+    await services_of(request).auditor.preflight()  # no unaudited change (fail closed)
     try:
         update = await authorizer.store.change_labels(
             study_instance_uid, body.add, body.remove, _who(ctx), body.reason
@@ -172,7 +163,7 @@ async def _grant(request: Request, ctx: RequestContext) -> Response:
         )
     await authorizer.check_study(ctx, Action.BREAK_GLASS, body.study_instance_uid)
     assert ctx.principal is not None  # check_study denies an anonymous caller
-    await request.app.state.auditor.preflight()  # no unaudited emergency access (fail closed)
+    await services_of(request).auditor.preflight()  # no unaudited emergency access
     grant = await authorizer.store.grant_break_glass(
         ctx.principal.subject,
         ctx.principal.issuer,

@@ -1,7 +1,9 @@
 """The application factory: `create_app(settings)` wires the data-flow steps together.
 
-`app.state` carries one of each: settings, archive adapter, authenticator (with the JWKS cache
-and the shared DPoP replay cache), authorizer, auditor, rate limiter and URL rewriter.
+One `Services` (services.py) carries one of each: settings, the archive adapter (one connection
+pool for routes, authorizer and study index), authenticator (with the JWKS cache and the shared
+DPoP replay cache), authorizer, auditor, rate limiter and URL rewriter. It is the only thing on
+`app.state`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from . import dicomweb
-from .archive.orthanc import OrthancArchive
+from .archive import native_roots, open_archive
 from .audit import Auditor
 from .authenticate import Authenticator
 from .authorize import Authorizer
@@ -31,9 +33,11 @@ from .errors import GatewayError, not_found
 from .http import PathGuard, SecurityHeaders, error_response, note_refusal
 from .observe import REGISTRY
 from .parse import method_not_allowed
+from .policy.scopes import OPERATION_SCOPES
 from .ratelimit import RateLimiter
 from .replay import SqlReplayCache, make_engine
 from .rewrite import UrlRewriter
+from .services import AuditorPort, AuthorizerPort, Services, services_of
 from .settings import Settings, load_settings
 from .store.engines import pool_of
 
@@ -41,23 +45,11 @@ log = logging.getLogger("dicomweb_gateway")
 
 SETTINGS_ENV = "DICOMWEB_GATEWAY_SETTINGS"
 
-SCOPES_SUPPORTED = [
-    "user/ImagingStudy.rs",
-    "user/ImagingStudy.c",
-    "user/ImagingStudy.d",
-    "patient/ImagingStudy.rs",
-    "system/ImagingStudy.c",
-    "system/ImagingStudy.rs",
-]
+SCOPES_SUPPORTED = list(OPERATION_SCOPES)
 
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
-
-
-def _build(cls: Any, settings: Settings) -> Any:
-    factory = getattr(cls, "from_settings", None)
-    return factory(settings) if callable(factory) else cls()
 
 
 def create_app(
@@ -65,8 +57,8 @@ def create_app(
     *,
     archive_transport: httpx.AsyncBaseTransport | None = None,
     idp_transport: httpx.AsyncBaseTransport | None = None,
-    authorizer: Any = None,
-    auditor: Any = None,
+    authorizer: AuthorizerPort | None = None,
+    auditor: AuditorPort | None = None,
 ) -> FastAPI:
     """Build the gateway. Transports and hooks are injectable for unit tests."""
     workers = max(1, settings.workers)
@@ -75,19 +67,19 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await replay.setup()
-        for hook in (app.state.authorizer, app.state.auditor):
+        for hook in (services.authorizer, services.auditor):
             start = getattr(hook, "start", None)
             if callable(start):
                 await _maybe_await(start())
         try:
             yield
         finally:
-            for hook in (app.state.authorizer, app.state.auditor):
+            for hook in (services.authorizer, services.auditor):
                 close = getattr(hook, "close", None)
                 if callable(close):
                     await _maybe_await(close())
-            await app.state.archive.close()
-            await app.state.authenticator.close()
+            await services.archive.close()
+            await services.authenticator.close()
             await replay.close()
 
     app = FastAPI(
@@ -97,14 +89,20 @@ def create_app(
         openapi_url=None,
         title="dicomweb-gateway",
     )
-    app.state.settings = settings
-    app.state.archive = OrthancArchive.from_settings(settings, archive_transport)
-    app.state.authenticator = Authenticator.from_settings(settings, replay, idp_transport)
-    app.state.replay = replay
-    app.state.authorizer = authorizer if authorizer is not None else _build(Authorizer, settings)
-    app.state.auditor = auditor if auditor is not None else _build(Auditor, settings)
-    app.state.rate_limiter = RateLimiter(settings.limits.requests_per_minute / workers)
-    app.state.rewriter = UrlRewriter(settings.archive.url, settings.public_url)
+    archive = open_archive(settings, archive_transport)
+    services = Services(
+        settings=settings,
+        archive=archive,
+        authenticator=Authenticator.from_settings(settings, replay, idp_transport),
+        authorizer=(
+            authorizer if authorizer is not None else Authorizer.from_settings(settings, archive)
+        ),
+        auditor=auditor if auditor is not None else Auditor.from_settings(settings),
+        rate_limiter=RateLimiter(settings.limits.requests_per_minute / workers),
+        rewriter=UrlRewriter(*archive.url_map(settings.public_url)),
+        replay=replay,
+    )
+    app.state.services = services
 
     _install_error_handlers(app)
     _install_service_routes(app, settings)
@@ -116,7 +114,7 @@ def create_app(
     _install_optional_routers(app, settings)
     # Outermost last (edge.py): headers on everything, the safe 500, one audit record per
     # request, the body cap before any route or authentication reads, then the path guard.
-    app.add_middleware(PathGuard)
+    app.add_middleware(PathGuard, native_roots=native_roots())
     app.add_middleware(
         BodyLimit,
         default_cap=settings.limits.max_body_bytes,
@@ -132,7 +130,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     # Answers given outside the pipeline: each is noted for the audit middleware, which
     # records it (VA-7).
     def refused(request: Request, error: GatewayError) -> Response:
-        note_refusal(request.scope, error.code, error.detail or error.public)
+        note_refusal(request.scope, error.code, error.detail or error.public, error.security_event)
         return error_response(error)
 
     @app.exception_handler(StarletteHTTPException)
@@ -161,7 +159,7 @@ def _install_service_routes(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> Response:
-        state = request.app.state
+        state = services_of(request)
         checks: dict[str, str] = {}
 
         async def probe(name: str, call: Any) -> None:

@@ -28,7 +28,6 @@ from .store import (
     ChangeFeedPoller,
     Claim,
     IngestRules,
-    OrthancSource,
     PolicyStore,
     ingest,
     load_ingest_rules,
@@ -39,6 +38,7 @@ from .store.matching import INDEXED_STUDY_KEYS
 from .store.predicate import NotCompilable, Predicate, compile_policy
 
 if TYPE_CHECKING:
+    from .archive import Archive
     from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,6 @@ class Authorizer:
         self.clock = clock
         self._interval = change_feed_interval_seconds
         self._poller: ChangeFeedPoller | None = None
-        self._owned_archive: Any = None
         self._settings: Settings | None = None
         self._cache = _FactsCache()
         self.index = StudyIndex(store)
@@ -74,10 +73,10 @@ class Authorizer:
         self._reconcile_interval: float | None = reconcile_interval_seconds
 
     @classmethod
-    def from_settings(cls, settings: Settings, archive: Any = None) -> Authorizer:
+    def from_settings(cls, settings: Settings, archive: Archive | None = None) -> Authorizer:
         """Load the policy and ingest rules (every problem in one `PolicyError`), migrate the
-        policy store. `archive` is the gateway's `OrthancArchive`; without one, `start()`
-        builds its own from the settings for the change feed."""
+        policy store. `archive` is the process's one archive adapter (its index source feeds
+        the study index); without one there is no index maintenance."""
         policy, rules = load_policy_files(settings.policy.file, settings.policy.ingest_rules_file)
         store = PolicyStore(settings.database_url, pool_of(settings))
         store.migrate()
@@ -85,7 +84,7 @@ class Authorizer:
             policy,
             store,
             rules,
-            OrthancSource(archive) if archive is not None else None,
+            archive.index_source if archive is not None else None,
             settings.policy.change_feed_interval_seconds,
             reconcile_interval_seconds=getattr(
                 settings.policy, "reconcile_interval_seconds", 600.0
@@ -99,11 +98,6 @@ class Authorizer:
     async def start(self) -> None:
         """Start the index maintenance: the change feed (labels and indexes studies that reach
         the archive directly) and the reconciliation pass (store/indexer.py)."""
-        if self.source is None and self._settings is not None:
-            from .archive.orthanc import OrthancArchive
-
-            self._owned_archive = OrthancArchive.from_settings(self._settings)
-            self.source = OrthancSource(self._owned_archive)
         if self.source is not None and self._poller is None:
             self._poller = ChangeFeedPoller(
                 self.source,
@@ -119,9 +113,6 @@ class Authorizer:
         if self._poller is not None:
             await self._poller.stop()
             self._poller = None
-        if self._owned_archive is not None:
-            await self._owned_archive.close()
-            self._owned_archive = None
         await self.store.close()
 
     @asynccontextmanager
@@ -352,8 +343,6 @@ class Authorizer:
                 log.warning("ingest of study %s after STOW failed: %r", uid, exc)
 
     async def _index_parts(self, parts: list[Any]) -> None:
-        from .archive.orthanc import study_resource_id
-
         by_study: dict[str, list[Any]] = {}
         for part in parts:
             if part.study_instance_uid:
@@ -377,7 +366,7 @@ class Authorizer:
                     frozenset(modalities),
                     series,
                     instances,
-                    study_resource_id(patient, uid),
+                    self.source.study_id(patient, uid) if self.source is not None else uid,
                 )
             )
         await self.index.upsert(entries)

@@ -23,6 +23,15 @@ class Action(enum.StrEnum):
     AUDIT_READ = "audit_read"  # GET /audit
 
 
+class SecurityEvent(enum.StrEnum):
+    """Why a refusal is a security event (DICOM PS3.15 A.5.3.11 Security Alert): set by the
+    error that refused the request (errors.py), read by the audit (audit/messages.py)."""
+
+    AUTHENTICATION = "authentication"  # no, or an invalid, access token (Node Authentication)
+    DPOP = "dpop"  # an invalid DPoP proof (Node Authentication)
+    STEP_UP = "step_up"  # a stronger or fresher login is needed (Use of Restricted Function)
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling, from a validated RFC 9068 access token."""
@@ -88,6 +97,7 @@ class RequestContext:
     status: int | None = None
     error_code: str | None = None
     error_detail: str | None = None
+    security_event: SecurityEvent | None = None  # the refusal's kind, from its GatewayError
     # Security events for audit (VA-4): e.g. ("preamble", "PE header in part 2").
     alerts: list[tuple[str, str]] = field(default_factory=list)
     forwarded: bool = False  # did anything reach the archive

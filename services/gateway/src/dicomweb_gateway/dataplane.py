@@ -34,6 +34,7 @@ from .dicomweb import owning_study
 from .errors import GatewayError
 from .http import audit_mark
 from .parse import METADATA, Transaction, parse_dicomweb
+from .services import Services, services_of
 
 # What the edge may stream: reads whose answer the gateway need not rewrite (the archive builds
 # public URLs from the `Forwarded` header the edge sends).
@@ -53,9 +54,11 @@ _ROOT = "/dicom-web/"
 
 
 def install(app: FastAPI) -> None:
-    edge = app.state.settings.edge
+    services: Services = app.state.services
+    edge = services.settings.edge
+    assert edge is not None
     # Read once: the secret changes only with a new run directory (and a restart).
-    app.state.edge_secret = edge.secret_file.read_text(encoding="utf-8").strip().encode()
+    services.edge_secret = edge.secret_file.read_text(encoding="utf-8").strip().encode()
     app.add_route("/_zt/authz", authz, methods=["GET"])
 
 
@@ -64,7 +67,7 @@ def _not_here() -> Response:
 
 
 async def authz(request: Request) -> Response:
-    state = request.app.state
+    state = services_of(request)
     settings = state.settings
     mark = audit_mark(request.scope)
     if mark is not None:

@@ -16,17 +16,19 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .archive.orthanc import DICOMWEB_ROOT, WADO_URI_ROOT, OrthancArchive, frames_accept
+from . import dicomjson
 from .context import Action, RequestContext, StudyRef
 from .deid import views as deid_views
 from .errors import GatewayError, bad_request, not_found
 from .forward import archive_error, request_headers, stream_response
 from .nativexml import DICOM_XML, multipart_xml, native_xml, rewrite_multipart
 from .parse import (
+    DICOMWEB_PREFIX,
     METADATA,
     RENDERED,
     SEARCHES,
     THUMBNAILS,
+    WADO_URI_PATH,
     Resource,
     Transaction,
     parse_dicomweb,
@@ -35,6 +37,7 @@ from .parse import (
 from .pipeline import authenticate, guarded, new_context
 from .rewrite import dump_json, filter_qido
 from .search import count_matches, search_index
+from .services import services_of
 from .storage import store_parts
 from .store import Claim
 from .stow import (
@@ -45,6 +48,8 @@ from .stow import (
 )
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+DICOMWEB_ROOT = DICOMWEB_PREFIX  # the gateway's own roots (http.API_PREFIXES)
+WADO_URI_ROOT = WADO_URI_PATH
 
 
 def install(app: FastAPI) -> None:
@@ -61,7 +66,7 @@ async def dicomweb(request: Request) -> Response:
     ctx = new_context(request, None, None)
 
     async def handle(ctx: RequestContext) -> Response:
-        settings = request.app.state.settings
+        settings = services_of(request).settings
         resource = parse_dicomweb(
             request.method, path, request.url.query, settings.limits.qido_max_limit
         )
@@ -69,7 +74,7 @@ async def dicomweb(request: Request) -> Response:
         ctx.action = resource.action
         await authenticate(request, ctx)
         # Before anything reaches the archive, owner look-ups included (AO-2).
-        await request.app.state.auditor.preflight()
+        await services_of(request).auditor.preflight()
         resource = await deid_views.resolve(request, ctx, resource)  # DA-1: pseudonyms
         return await dispatch(request, ctx, resource)
 
@@ -82,7 +87,7 @@ async def wado_uri(request: Request) -> Response:
     async def handle(ctx: RequestContext) -> Response:
         resource = parse_wado_uri(request.method, request.url.query)
         await authenticate(request, ctx)
-        await request.app.state.auditor.preflight()
+        await services_of(request).auditor.preflight()
         resource = await deid_views.resolve(request, ctx, resource)  # DA-1: pseudonyms
         return await retrieve(request, ctx, resource)
 
@@ -113,7 +118,7 @@ async def owning_study(
     (`/studies/A/series/<series of B>`) is 404, as is a missing object, so existence is never
     disclosed for a study the caller was refused.
     """
-    authorizer = request.app.state.authorizer
+    authorizer = services_of(request).authorizer
     named = resource.study_instance_uid
     assert named is not None
     try:
@@ -149,13 +154,13 @@ async def owning_study(
 async def locate(request: Request, level: str, uid: str) -> set[tuple[str, str | None]]:
     """(study, series) pairs that hold a series or instance UID: one indexed look-up; the
     archive only on an index miss, and what it answers is recorded (the miss repaired)."""
-    authorizer = request.app.state.authorizer
+    services = services_of(request)
+    authorizer = services.authorizer
     claim = await authorizer.owner(level, uid)
     if claim is not None:
         series = claim.series_instance_uid if level == "instance" else None
         return {(claim.study_instance_uid, series)}
-    archive: OrthancArchive = request.app.state.archive
-    found = (await archive.locate(level, [uid])).get(uid, set())
+    found = (await services.archive.locate(level, [uid])).get(uid, set())
     places = {
         (loc.study_instance_uid, loc.series_instance_uid if level == "instance" else None)
         for loc in found
@@ -174,8 +179,8 @@ async def owners_of(request: Request, level: str, uid: str) -> set[str]:
 
 
 async def search(request: Request, ctx: RequestContext, resource: Resource) -> Response:
-    state = request.app.state
-    archive: OrthancArchive = state.archive
+    state = services_of(request)
+    archive = state.archive
     authorizer = state.authorizer
     media = qido_media(request.headers.get("accept"))
     await authorizer.check_action(ctx, Action.SEARCH)
@@ -199,19 +204,9 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
         # a series UID's existence is never disclosed, AP-1; docs/conformance.md).
         await owning_study(request, ctx, resource, Action.SEARCH)
         ctx.forwarded = True
-        upstream = await archive.send(
-            "GET",
-            DICOMWEB_ROOT + resource.archive_path(),
-            query.archive_query(("StudyInstanceUID", "PatientID")),
-            {"Accept": DICOM_JSON},
-            stream=False,
+        results = await archive.search(
+            resource.archive_path(), query, ("StudyInstanceUID", "PatientID")
         )
-        if upstream.status_code == 204:
-            results: list[dict[str, Any]] = []
-        elif upstream.status_code >= 400:
-            raise archive_error(upstream.status_code, ctx.transaction or "search")
-        else:
-            results = upstream.json() or []
 
         async def permitted(uids: set[str]) -> set[str]:
             allowed: set[str] = await authorizer.permitted_studies(ctx, Action.SEARCH, uids)
@@ -224,9 +219,9 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
         page = page[: query.limit]
         headers["Warning"] = truncation_warning(state.settings.public_url, total)
     for item in page:
-        study = _first(item, "0020000D")
+        study = dicomjson.first(item, "0020000D")
         if study:
-            ctx.add_study(StudyRef(study, _first(item, "00100020")))
+            ctx.add_study(StudyRef(study, dicomjson.first(item, "00100020")))
     page = await deid_views.filter_search(request, ctx, resource, page)  # DA-1
     # Empty results are 200 with an empty list (or no part), never 204 (docs/conformance.md).
     if media == DICOM_XML:
@@ -283,36 +278,22 @@ def _media_params(item: str) -> tuple[str, dict[str, str]]:
     return parts[0].strip().lower(), params
 
 
-def _first(item: dict[str, Any], tag: str) -> str | None:
-    element = item.get(tag)
-    if isinstance(element, dict):
-        values = element.get("Value")
-        if isinstance(values, list) and values and isinstance(values[0], str):
-            return values[0]
-    return None
-
-
 # ---------------------------------------------------------------- WADO-RS and WADO-URI
 
 
 async def retrieve(request: Request, ctx: RequestContext, resource: Resource) -> Response:
-    state = request.app.state
-    archive: OrthancArchive = state.archive
+    state = services_of(request)
+    archive = state.archive
     await state.authorizer.check_action(ctx, Action.READ)
     await owning_study(request, ctx, resource, Action.READ)
     if deid_views.grant_in(ctx) is not None:  # DA-1: the gateway transforms every byte
         return await deid_views.retrieve(request, ctx, resource)
-    path, query = _archive_target(resource)
     headers = request_headers(request.headers)
     headers.pop("content-type", None)
     if resource.transaction in THUMBNAILS or resource.transaction in RENDERED:
         headers["accept"] = rendered_accept(headers.get("accept"))
-    elif resource.transaction in (Transaction.RETRIEVE_FRAMES, Transaction.RETRIEVE_BULKDATA):
-        accept = frames_accept(headers.get("accept"))
-        if accept:
-            headers["accept"] = accept
     ctx.forwarded = True
-    upstream = await archive.send("GET", path, query, headers)
+    upstream = await archive.retrieve(resource, headers)
     if upstream.status_code >= 400:
         await upstream.aclose()
         if upstream.status_code in (400, 415, 500, 501) and _asks_transfer_syntax(headers):
@@ -335,32 +316,7 @@ async def retrieve(request: Request, ctx: RequestContext, resource: Resource) ->
         else:
             body = state.rewriter.rewrite(body)
         return Response(body, status_code=upstream.status_code, media_type=media)
-    return await stream_response(archive, upstream, head_only=request.method == "HEAD")
-
-
-_RENDERED_OF = {
-    Transaction.RETRIEVE_STUDY_THUMBNAIL: Transaction.RETRIEVE_RENDERED_STUDY,
-    Transaction.RETRIEVE_SERIES_THUMBNAIL: Transaction.RETRIEVE_RENDERED_SERIES,
-    Transaction.RETRIEVE_INSTANCE_THUMBNAIL: Transaction.RETRIEVE_RENDERED_INSTANCE,
-}
-
-
-def _archive_target(resource: Resource) -> tuple[str, str]:
-    t = resource.transaction
-    if t is Transaction.RETRIEVE_WADO_URI:
-        return WADO_URI_ROOT, resource.raw_query
-    if t in THUMBNAILS:
-        # Plugin 1.7 has no /thumbnail: a small rendered image instead (the parse layer put
-        # `viewport`, 128x128 by default, in raw_query). For a study or a series the archive
-        # renders a representative instance (the first of its first series), one image.
-        base = Resource(
-            _RENDERED_OF[t],
-            resource.study_instance_uid,
-            resource.series_instance_uid,
-            resource.sop_instance_uid,
-        )
-        return DICOMWEB_ROOT + base.archive_path(), resource.raw_query
-    return DICOMWEB_ROOT + resource.archive_path(), resource.raw_query
+    return await stream_response(upstream, head_only=request.method == "HEAD")
 
 
 _RENDERED_MEDIA = ("image/jpeg", "image/png")
@@ -398,9 +354,9 @@ def _asks_transfer_syntax(headers: dict[str, str]) -> bool:
 
 
 async def store(request: Request, ctx: RequestContext, resource: Resource) -> Response:
-    state = request.app.state
+    state = services_of(request)
     settings = state.settings
-    archive: OrthancArchive = state.archive
+    archive = state.archive
     authorizer = state.authorizer
     await authorizer.check_action(ctx, Action.STORE)
     if resource.study_instance_uid:
@@ -426,6 +382,8 @@ async def store(request: Request, ctx: RequestContext, resource: Resource) -> Re
     )
     if denial is not None:
         raise denial
+    # RetrieveURLs name the gateway, whatever the archive built them from (AP-4).
+    result = json.loads(state.rewriter.rewrite(json.dumps(result).encode()))
     return store_response(result, store_status(result), request.headers.get("accept"))
 
 
@@ -472,8 +430,8 @@ async def _read_capped(request: Request, cap: int) -> bytes:
 
 
 async def delete(request: Request, ctx: RequestContext, resource: Resource) -> Response:
-    state = request.app.state
-    archive: OrthancArchive = state.archive
+    state = services_of(request)
+    archive = state.archive
     await state.authorizer.check_action(ctx, Action.DELETE)
     owner = await owning_study(request, ctx, resource, Action.DELETE)
     ctx.forwarded = True

@@ -36,7 +36,7 @@ from pydicom.uid import ExplicitVRBigEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from .archive.orthanc import OrthancArchive
+from .archive import Archive, open_archive
 from .audit import Auditor
 from .authorize import Authorizer
 from .context import Action, Principal, RequestContext
@@ -101,7 +101,7 @@ class FrontDoor:
     def __init__(
         self,
         settings: Settings,
-        archive: Any,
+        archive: Archive,
         authorizer: Any,
         auditor: Any,
         loop: asyncio.AbstractEventLoop,
@@ -292,7 +292,7 @@ def serve(config_path: str) -> int:
     threading.Thread(target=loop.run_forever, name="dimse-services", daemon=True).start()
 
     async def build() -> tuple[Any, Any, Any]:
-        archive = OrthancArchive.from_settings(settings)
+        archive = open_archive(settings)
         # The authorizer labels new studies through the archive, but runs no change-feed
         # poller here: the HTTP gateway runs that.
         return archive, Authorizer.from_settings(settings, archive), Auditor.from_settings(settings)

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import Principal, RequestContext
 from .errors import GatewayError
-from .http import SCOPE_KEY, AuditMark, audit_mark, error_response, note_refusal
+from .http import API_PREFIXES, SCOPE_KEY, AuditMark, audit_mark, error_response, note_refusal
 
 log = logging.getLogger("dicomweb_gateway")
 
@@ -33,8 +33,6 @@ SERVICE_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/.well-known/oauth-protected-resource"}
 )
 
-# Paths owned by the API: anything under them is always recorded, whatever the status.
-API_PREFIXES = ("/dicom-web", "/wado", "/admin", "/audit", "/.well-known")
 
 _DEFAULT_CODES = {
     400: "invalid_request",
@@ -48,6 +46,7 @@ _DEFAULT_CODES = {
 
 
 def _api_path(path: str) -> bool:
+    """Paths owned by the API: anything under them is always recorded, whatever the status."""
     lowered = path.lower()
     return any(lowered == p or lowered.startswith(p + "/") for p in API_PREFIXES)
 
@@ -70,9 +69,9 @@ async def identify(app: Any, scope: Scope) -> Principal | None:
     headers = Headers(scope=scope)
     if not headers.get("authorization"):
         return None
-    state = getattr(app, "state", None)
-    authenticator = getattr(state, "authenticator", None)
-    settings = getattr(state, "settings", None)
+    services = getattr(getattr(app, "state", None), "services", None)
+    authenticator = getattr(services, "authenticator", None)
+    settings = getattr(services, "settings", None)
     if authenticator is None or settings is None:
         return None
     query = scope.get("query_string", b"").decode("latin-1")
@@ -147,9 +146,11 @@ class AuditEveryRequest:
             status=status,
             error_code=mark.code or _DEFAULT_CODES.get(status, f"http_{status}"),
             error_detail=mark.detail,
+            security_event=mark.security_event,
         )
         mark.request_id = ctx.request_id
-        auditor = getattr(getattr(app, "state", None), "auditor", None)
+        services = getattr(getattr(app, "state", None), "services", None)
+        auditor = getattr(services, "auditor", None)
         if auditor is None:
             return ctx.request_id, None
         ctx.principal = await identify(app, scope)
@@ -240,12 +241,12 @@ class BodyLimit:
         if declared is not None:
             if not declared.strip().isdigit():
                 error = GatewayError(400, "invalid_request", "malformed request", "content-length")
-                note_refusal(scope, error.code, error.detail)
+                note_refusal(scope, error.code, error.detail, error.security_event)
                 await _send_error(scope, receive, send, error, None)
                 return
             if int(declared) > cap:
                 error = payload_too_large(f"content-length {declared.strip()} > {cap}")
-                note_refusal(scope, error.code, error.detail)
+                note_refusal(scope, error.code, error.detail, error.security_event)
                 response = error_response(error)
                 response.headers["connection"] = "close"  # do not read the rest
                 await response(scope, receive, send)
@@ -259,7 +260,7 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > cap:
                     error = payload_too_large(f"body exceeds {cap}")
-                    note_refusal(scope, error.code, error.detail)
+                    note_refusal(scope, error.code, error.detail, error.security_event)
                     raise error
             return message
 

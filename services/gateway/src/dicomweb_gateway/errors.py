@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .context import SecurityEvent
+
 
 @dataclass
 class GatewayError(Exception):
@@ -17,6 +19,8 @@ class GatewayError(Exception):
     detail: str = ""
     # Extra response headers such as WWW-Authenticate, Retry-After, DPoP-Nonce, Allow.
     headers: dict[str, str] = field(default_factory=dict)
+    # What kind of security event this refusal is, for the audit (None: not one by itself).
+    security_event: SecurityEvent | None = None
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.detail or self.public}"
@@ -34,7 +38,13 @@ def missing_credentials(dpop_algs: str | None = None) -> GatewayError:
     headers = {"WWW-Authenticate": _challenge("Bearer", {})}
     if dpop_algs:
         headers["WWW-Authenticate"] += ", " + _challenge("DPoP", {"algs": dpop_algs})
-    return GatewayError(401, "unauthorized", "authentication required", headers=headers)
+    return GatewayError(
+        401,
+        "unauthorized",
+        "authentication required",
+        headers=headers,
+        security_event=SecurityEvent.AUTHENTICATION,
+    )
 
 
 def invalid_request(detail: str, public: str = "malformed request") -> GatewayError:
@@ -54,6 +64,7 @@ def invalid_token(detail: str, scheme: str = "Bearer") -> GatewayError:
         "invalid access token",
         detail,
         {"WWW-Authenticate": _challenge(scheme, {"error": "invalid_token"})},
+        SecurityEvent.AUTHENTICATION,
     )
 
 
@@ -64,6 +75,7 @@ def invalid_dpop_proof(detail: str, algs: str) -> GatewayError:
         "invalid DPoP proof",
         detail,
         {"WWW-Authenticate": _challenge("DPoP", {"error": "invalid_dpop_proof", "algs": algs})},
+        SecurityEvent.DPOP,
     )
 
 
@@ -96,6 +108,7 @@ def step_up(detail: str, acr_values: str | None, max_age: int | None) -> Gateway
         "stronger authentication required",
         detail,
         {"WWW-Authenticate": _challenge("Bearer", params)},
+        SecurityEvent.STEP_UP,
     )
 
 

@@ -14,7 +14,6 @@ import httpx
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 
-from .archive.orthanc import OrthancArchive
 from .errors import GatewayError, bad_request, not_found
 from .preamble import zero_multipart, zero_single
 from .rewrite import response_headers
@@ -82,9 +81,7 @@ def _dicom_content(content_type: str) -> str | None:
     return None
 
 
-async def stream_response(
-    archive: OrthancArchive, upstream: httpx.Response, head_only: bool = False
-) -> Response:
+async def stream_response(upstream: httpx.Response, head_only: bool = False) -> Response:
     """Stream an archive answer to the client, zeroing file preambles on the way (AP-5)."""
     content_type = upstream.headers.get("content-type", "application/octet-stream")
     kind = _dicom_content(content_type)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .context import SecurityEvent
 from .errors import GatewayError
 
 HSTS = "max-age=63072000; includeSubDomains"  # two years; RFC 6797, NW-2 needs >= 1 year
@@ -41,6 +42,7 @@ class AuditMark:
     audited: bool = False
     code: str | None = None
     detail: str | None = None
+    security_event: SecurityEvent | None = None
     request_id: str | None = None  # of the record written by the audit middleware
 
 
@@ -49,11 +51,13 @@ def audit_mark(scope: Scope) -> AuditMark | None:
     return mark if isinstance(mark, AuditMark) else None
 
 
-def note_refusal(scope: Scope, code: str, detail: str) -> None:
+def note_refusal(
+    scope: Scope, code: str, detail: str, security_event: SecurityEvent | None = None
+) -> None:
     """Tell the audit why a request that no pipeline recorded was refused."""
     mark = audit_mark(scope)
     if mark is not None and mark.code is None:
-        mark.code, mark.detail = code, detail
+        mark.code, mark.detail, mark.security_event = code, detail, security_event
 
 
 def error_response(error: GatewayError, request_id: str | None = None) -> Response:
@@ -99,44 +103,19 @@ class SecurityHeaders:
 
 # API prefixes: a case variant or a path with empty/dot segments under them is never served
 # (by the viewer's SPA fallback or anything else): 404 (AP-2).
+# The one list: the path guard, the audit middleware (edge.py) and the viewer (viewer.py) read it.
 API_PREFIXES = ("/dicom-web", "/wado", "/admin", "/audit", "/.well-known")
+# The service endpoints at the root (app.py); the viewer never answers them either.
+SERVICE_ROUTES = ("/healthz", "/readyz", "/metrics")
 _NOT_FOUND = b'{"error": "not_found", "message": "not found"}'
 
 
-# Archive-native REST routes and other paths an attacker may try at the root: always 404, even
-# where the viewer would otherwise answer with its index page (AP-2).
-ARCHIVE_NATIVE = frozenset(
-    {
-        "tools",
-        "instances",
-        "series",
-        "studies",
-        "patients",
-        "system",
-        "plugins",
-        "changes",
-        "exports",
-        "modalities",
-        "peers",
-        "jobs",
-        "statistics",
-        "app",
-        "ui",
-        "orthanc",
-        "osimis-viewer",
-        "stone-webviewer",
-        "wado-rs",
-        "rs",
-        "dcm4chee-arc",
-        "dicom-web-old",
-    }
-)
-
-
-def irregular_path(path: str) -> bool:
-    """Paths never served: archive-native roots, case variants of the API, dot/empty segments."""
+def irregular_path(path: str, native_roots: frozenset[str] = frozenset()) -> bool:
+    """Paths never served: archive-native roots (`archive.native_roots()`: every product's REST
+    roots an attacker may try, always 404 even where the viewer would answer with its index
+    page, AP-2), case variants of the API, dot/empty segments."""
     lowered = path.lower()
-    if lowered.split("/", 2)[1] in ARCHIVE_NATIVE:
+    if lowered.split("/", 2)[1] in native_roots:
         return True
     if "//" in path or "\\" in path or "\0" in path:
         return True
@@ -152,11 +131,12 @@ def irregular_path(path: str) -> bool:
 class PathGuard:
     """Refuse irregular paths before any route sees them (pure ASGI, no per-request task)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, native_roots: frozenset[str] = frozenset()) -> None:
         self.app = app
+        self.native_roots = native_roots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and irregular_path(scope.get("path", "/")):
+        if scope["type"] == "http" and irregular_path(scope.get("path", "/"), self.native_roots):
             # Recorded like any other refusal by the audit middleware around this one (VA-7).
             note_refusal(scope, "not_found", "archive-native or irregular path")
             await send(

@@ -139,6 +139,7 @@ QIDO_RETURN_ONLY: dict[str, str] = {
     "BitsAllocated": "00280100",
 }
 _RETURN_KEYS = QIDO_KEYS | QIDO_RETURN_ONLY
+QIDO_RETURN_TAGS = _RETURN_KEYS  # keyword -> tag of every attribute a QIDO-RS may return
 _TAG_TO_KEYWORD = {tag: kw for kw, tag in QIDO_KEYS.items()}
 _TAG_TO_RETURN_KEYWORD = {tag: kw for kw, tag in _RETURN_KEYS.items()}
 _UID_KEYS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"})
@@ -193,13 +194,9 @@ LEVEL_KEYS = {
 # `A&B`, `50%`, `#2`, `(Jr)` and `Müller` are ordinary values. Refused: control and format
 # characters, surrogates, private-use and unassigned code points (Unicode categories C*), line
 # and paragraph separators, and `\` (the value delimiter of PS3.5 6.4: multiple values are
-# written with `,`). How they reach an archive that does not decode its query: `_encode_value`.
+# written with `,`). How each archive receives them is its adapter's business (archive/).
 MAX_VALUE_LENGTH = 256
 _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-# Characters the archive (Orthanc 1.10) reads literally in a raw query string: everything else
-# is sent as a `*` wildcard and matched exactly by the gateway (`QidoQuery.exact_filters`).
-_ARCHIVE_LITERAL = re.compile(r"^[A-Za-z0-9^*?\-.,_:'/()+]*$")
-_ARCHIVE_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9^*?\-.,_:'/()+]+")
 _KEY = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
 _PARAMS = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
 
@@ -231,19 +228,6 @@ class QidoQuery:
     # `limit` above the cap): a cut answer then carries `Warning: 299` (PS3.18 6.7.1.2).
     capped: bool = False
 
-    @property
-    def exact_filters(self) -> tuple[tuple[str, re.Pattern[str]], ...]:
-        """(keyword, pattern) for values sent to the archive with wildcards in place of the
-        characters it cannot read literally (`_encode_value`): the gateway matches them."""
-        out = []
-        for keyword, value in self.matches:
-            if _encode_value(value) != value:
-                pattern = "".join(
-                    ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in value
-                )
-                out.append((keyword, re.compile(pattern, re.IGNORECASE | re.DOTALL)))
-        return tuple(out)
-
     def values(self, keyword: str) -> list[str]:
         """The UIDs of a list-valued match key (`StudyInstanceUID=1.2,1.3`), in request order."""
         for key, value in self.matches:
@@ -255,35 +239,6 @@ class QidoQuery:
         """The same query with one match key's value replaced."""
         matches = tuple((k, value if k == keyword else v) for k, v in self.matches)
         return replace(self, matches=matches)
-
-    def archive_query(self, extra_includefields: tuple[str, ...] = ()) -> str:
-        """The canonical raw query Orthanc 1.10 reads: keywords, raw values, no pagination.
-
-        Pagination is applied by the gateway after filtering (rewrite.py), so that `limit` and
-        `offset` count permitted results only (AP-1).
-        """
-        parts = [f"{k}={_encode_value(v)}" for k, v in self.matches]
-        fields = list(self.includefields)
-        fields += [f for f in extra_includefields if f not in fields]
-        fields += [k for k, _ in self.exact_filters if k not in fields]
-        parts += [f"includefield={_RETURN_KEYS[f]}" for f in fields]
-        if self.fuzzymatching:
-            parts.append("fuzzymatching=true")
-        return "&".join(parts)
-
-
-def _encode_value(value: str) -> str:
-    """The value as the archive receives it in a raw query string.
-
-    Orthanc 1.10 does not percent-decode query values, and a request line cannot carry a raw
-    space, `&`, `#`, `%` or a non-ASCII byte: each run of such characters is sent as the
-    wildcard `*` (PS3.4 C.2.2.2.4), which can only widen the archive's answer, and the gateway
-    then matches the real value itself (`QidoQuery.exact_filters`), so the answer is exactly
-    what the client asked for.
-    """
-    if _ARCHIVE_LITERAL.match(value):
-        return value
-    return _ARCHIVE_UNSAFE_RUN.sub("*", value)
 
 
 def valid_value(value: str) -> bool:
@@ -427,6 +382,8 @@ class Resource:
             Transaction.RETRIEVE_RENDERED_INSTANCE,
         ):
             return p + "/rendered"
+        if t in THUMBNAILS:
+            return p + "/thumbnail"
         if t is Transaction.RETRIEVE_BULKDATA:
             return p + "/bulk/" + (self.bulk_path or "")
         return p

@@ -20,6 +20,7 @@ from .context import Action, RequestContext
 from .errors import GatewayError, service_unavailable
 from .http import audit_mark, error_response
 from .observe import log_request
+from .services import services_of
 from .store.engines import unavailable
 
 log = logging.getLogger("dicomweb_gateway")
@@ -44,12 +45,12 @@ def new_context(request: Request, transaction: str | None, action: Action | None
 
 def public_url(request: Request) -> str:
     """The URL a DPoP proof's `htu` must name: the configured origin, never the Host header."""
-    settings = request.app.state.settings
+    settings = services_of(request).settings
     return str(settings.public_url) + request.url.path
 
 
 async def authenticate(request: Request, ctx: RequestContext) -> None:
-    state = request.app.state
+    state = services_of(request)
     ctx.extra[AUTH_TRIED] = True
     try:
         ctx.principal = await state.authenticator.authenticate(
@@ -75,7 +76,7 @@ async def guarded(
     started = time.perf_counter()
     if ctx is None:
         ctx = new_context(request, transaction, action)
-    auditor = request.app.state.auditor
+    auditor = services_of(request).auditor
     try:
         if authenticated:
             await authenticate(request, ctx)
@@ -85,6 +86,7 @@ async def guarded(
         ctx.status = error.status
         ctx.error_code = error.code
         ctx.error_detail = error.detail
+        ctx.security_event = error.security_event
         response = error_response(error, ctx.request_id)
     except Exception as exc:
         if unavailable(exc):

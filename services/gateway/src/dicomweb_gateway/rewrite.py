@@ -12,7 +12,8 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from .parse import QIDO_KEYS, QidoQuery
+from . import dicomjson
+from .parse import QidoQuery
 
 # Response headers copied from the archive; everything else (Server, X-*, Set-Cookie, Location
 # with an internal host, ...) is dropped.
@@ -63,12 +64,7 @@ def _variants(origin: bytes) -> list[bytes]:
 
 
 def study_of(item: dict[str, Any]) -> str | None:
-    element = item.get(_STUDY_UID)
-    if isinstance(element, dict):
-        values = element.get("Value")
-        if isinstance(values, list) and values and isinstance(values[0], str):
-            return values[0]
-    return None
+    return dicomjson.first(item, _STUDY_UID)
 
 
 async def filter_qido(
@@ -78,10 +74,7 @@ async def filter_qido(
     drop_study_uid: bool,
 ) -> tuple[list[dict[str, Any]], int]:
     """Keep permitted results, then paginate (PS3.18 8.3.4.4) over what is left: (the page,
-    how many permitted results match)."""
-    for keyword, pattern in query.exact_filters:
-        tag = QIDO_KEYS[keyword]
-        results = [r for r in results if any(pattern.fullmatch(v) for v in _texts(r, tag))]
+    how many permitted results match). The archive adapter answered exact matches only."""
     uids = {uid for uid in map(study_of, results) if uid}
     allowed = await permitted(uids) if uids else set()
     kept = [r for r in results if study_of(r) in allowed]
@@ -96,17 +89,3 @@ async def filter_qido(
 
 def dump_json(results: list[dict[str, Any]]) -> bytes:
     return json.dumps(results, separators=(",", ":")).encode()
-
-
-def _texts(item: dict[str, Any], tag: str) -> list[str]:
-    """String values of an attribute in DICOM JSON (PN as its Alphabetic group)."""
-    element = item.get(tag)
-    if not isinstance(element, dict):
-        return []
-    out: list[str] = []
-    for value in element.get("Value") or []:
-        if isinstance(value, str):
-            out.append(value)
-        elif isinstance(value, dict) and isinstance(value.get("Alphabetic"), str):
-            out.append(value["Alphabetic"])
-    return out

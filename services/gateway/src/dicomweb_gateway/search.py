@@ -23,10 +23,10 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from .archive.orthanc import DICOMWEB_ROOT
+from . import dicomjson
+from .archive import Archive
 from .context import Action, RequestContext
-from .forward import archive_error
-from .parse import QIDO_KEYS, QidoQuery, Transaction
+from .parse import QidoQuery, Transaction
 from .rewrite import study_of
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 UIDS_PER_QUERY = 100  # StudyInstanceUIDs per archive query (about 6.5 kB of URL at most)
 SCAN_BATCH = 100  # permitted studies per archive query when the archive matches keys
+MIN_BATCH = 10  # the first such query's studies, at least
 _LEVEL_PATH = {
     Transaction.SEARCH_FOR_STUDIES: "/studies",
     Transaction.SEARCH_FOR_SERIES: "/series",
@@ -63,7 +64,7 @@ _OWNED_KEYS = {"SeriesInstanceUID": "series", "SOPInstanceUID": "instance"}
 
 
 async def search_index(
-    archive: Any,
+    archive: Archive,
     authorizer: Any,
     ctx: RequestContext,
     transaction: Transaction,
@@ -101,17 +102,27 @@ async def search_index(
             indexed = (*indexed, ("ModalitiesInStudy", value))
     found: list[dict[str, Any]] = []
     skip = query.offset
+    # The archive is asked about as many studies as the page may need, then twice as many each
+    # time, up to SCAN_BATCH: a page of 25 series asks about 25 studies, not 100, when most
+    # candidates match (a Modality search over studies of that modality), and a sparse match
+    # still reaches SCAN_BATCH studies per query quickly.
+    size = min(SCAN_BATCH, max(MIN_BATCH, query.offset + limit)) if limit else SCAN_BATCH
     async for batch in authorizer.scan_studies(
         ctx, Action.SEARCH, indexed, query.fuzzymatching, batch=SCAN_BATCH
     ):
-        items = await _fetch(archive, authorizer, ctx, transaction, query, batch, archive_matches)
-        for item in items:
-            if skip:
-                skip -= 1
-                continue
-            found.append(item)
-            if len(found) >= limit:
-                return found
+        while batch:
+            chunk, batch = batch[:size], batch[size:]
+            size = min(SCAN_BATCH, size * 2)
+            items = await _fetch(
+                archive, authorizer, ctx, transaction, query, chunk, archive_matches
+            )
+            for item in items:
+                if skip:
+                    skip -= 1
+                    continue
+                found.append(item)
+                if len(found) >= limit:
+                    return found
     return found
 
 
@@ -141,7 +152,7 @@ def _narrow(matches: tuple[tuple[str, str], ...], studies: set[str]) -> tuple[tu
 
 
 async def _fetch(
-    archive: Any,
+    archive: Archive,
     authorizer: Any,
     ctx: RequestContext,
     transaction: Transaction,
@@ -190,7 +201,7 @@ async def _fetch(
 
 
 async def _query(
-    archive: Any,
+    archive: Archive,
     ctx: RequestContext,
     transaction: Transaction,
     query: QidoQuery,
@@ -206,38 +217,9 @@ async def _query(
         offset=0,
         fuzzymatching=False,
     )
-    upstream = await archive.send(
-        "GET",
-        DICOMWEB_ROOT + _LEVEL_PATH[transaction],
-        sub.archive_query(("StudyInstanceUID", "PatientID")),
-        {"Accept": DICOM_JSON},
-        stream=False,
-    )
-    if upstream.status_code == 204:
-        return []
-    if upstream.status_code >= 400:
-        raise archive_error(upstream.status_code, ctx.transaction or "search")
-    results: list[dict[str, Any]] = upstream.json() or []
-    # Values with spaces were sent as `?` wildcards (parse.py): check them exactly here.
-    for keyword, pattern in sub.exact_filters:
-        tag = QIDO_KEYS[keyword]
-        results = [r for r in results if any(pattern.fullmatch(v) for v in _texts(r, tag))]
-    return results
+    return await archive.search(_LEVEL_PATH[transaction], sub, ("StudyInstanceUID", "PatientID"))
 
 
 def _text(item: dict[str, Any], tag: str) -> str:
-    values = _texts(item, tag)
+    values = dicomjson.texts(item, tag)
     return values[0] if values else ""
-
-
-def _texts(item: dict[str, Any], tag: str) -> list[str]:
-    element = item.get(tag)
-    if not isinstance(element, dict):
-        return []
-    out: list[str] = []
-    for value in element.get("Value") or []:
-        if isinstance(value, str):
-            out.append(value)
-        elif isinstance(value, dict) and isinstance(value.get("Alphabetic"), str):
-            out.append(value["Alphabetic"])
-    return out

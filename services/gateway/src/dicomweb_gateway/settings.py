@@ -150,6 +150,11 @@ class Dpop(_Section):
     iat_window_seconds: Annotated[int, Field(gt=0, le=600)] = 60
 
 
+# Archive adapters (archive/<kind>.py, docs/archives.md): `orthanc` (Orthanc with its REST API)
+# and `dicomweb` (any PS3.18 archive: dcm4chee-arc, cloud services; `url` is its service root).
+ARCHIVE_KINDS = ("orthanc", "dicomweb")
+
+
 class Archive(_Section):
     kind: str = "orthanc"
     url: HttpsUrl
@@ -163,8 +168,8 @@ class Archive(_Section):
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, value: str) -> str:
-        if value != "orthanc":
-            raise ValueError("only 'orthanc' has an adapter")
+        if value not in ARCHIVE_KINDS:
+            raise ValueError(f"no archive adapter {value!r} (one of {', '.join(ARCHIVE_KINDS)})")
         return value
 
     @field_validator("password_file")

@@ -6,7 +6,8 @@ front door (`dimse`). Given parts already read strictly (`stow.validate_part`), 
 1. authorize each part's study with `decide()` (once per distinct study);
 2. identities (UIDs are identities): the parts of one request agree with each other; a study's
    PatientID matches what the policy store and the archive know; a Series or SOP Instance UID
-   the archive already holds under another study (or series) is refused; then every UID is
+   the archive already holds under another study (or series) is refused (the archive is asked
+   only about UIDs the policy store has no recorded claim for); then every UID is
    claimed in the policy store in one transaction, so two concurrent stores of one UID into two
    studies cannot both pass;
 3. forward a fresh multipart body with a random boundary (`stow.encode_multipart`);
@@ -19,12 +20,14 @@ front door (`dimse`). Given parts already read strictly (`stow.validate_part`), 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from .archive.orthanc import DICOMWEB_ROOT, Location
+from . import dicomjson
+from .archive import Archive, Location
 from .context import Action, RequestContext, StudyRef
 from .errors import GatewayError
 from .forward import archive_error
@@ -44,26 +47,15 @@ log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 
 
-class StoreArchive(Protocol):
-    async def locate(self, level: str, uids: Any) -> dict[str, set[Location]]: ...
-
-    async def send(
-        self,
-        method: str,
-        path: str,
-        query: str = "",
-        headers: Any = None,
-        content: Any = None,
-        stream: bool = True,
-    ) -> Any: ...
-
-    async def delete_instance(self, study: str, series: str, sop_instance_uid: str) -> bool: ...
+StoreArchive = Archive  # the archive port (archive/port.py)
 
 
 class Identities(Protocol):
     """Where UIDs belong, as the gateway knows them (`store.PolicyStore` implements it)."""
 
     async def studies(self, uids: Iterable[str]) -> dict[str, StudyFacts]: ...
+
+    async def recorded(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Claim]: ...
 
     async def claim(self, claims: Iterable[Claim]) -> tuple[list[Claim], list[Claim]]: ...
 
@@ -113,16 +105,10 @@ async def store_parts(
     ctx.forwarded = True
     boundary, body = encode_multipart(accepted)
     try:
-        upstream = await archive.send(
-            "POST",
-            DICOMWEB_ROOT + archive_path,
-            headers={
-                "Accept": DICOM_JSON,
-                "Content-Type": 'multipart/related; type="application/dicom"; boundary='
-                + boundary.decode(),
-            },
-            content=body,
-            stream=False,
+        upstream = await archive.store(
+            archive_path,
+            'multipart/related; type="application/dicom"; boundary=' + boundary.decode(),
+            body,
         )
     except GatewayError:
         await authorizer.store.release(claimed)
@@ -207,17 +193,28 @@ async def _check_identities(
             conflict(p, "the same SOP Instance UID twice in one request")
         seen.add(sop)
     parts = _accepted(parts)
-    # What the policy store knows of each study's patient.
-    facts = await store.studies({_uids(p)[0] for p in parts})
+    # What the policy store knows of each study's patient, and where it has recorded UIDs.
+    keys = {(level, uid) for p in parts for level, uid in zip(_LEVELS, _uids(p), strict=True)}
+    facts, recorded = await asyncio.gather(
+        store.studies({_uids(p)[0] for p in parts}), store.recorded(keys)
+    )
     for p in parts:
         known = facts[_uids(p)[0]]
         if known.known and known.patient_id and known.patient_id != (p.patient_id or ""):
             conflict(p, "PatientID differs from the study's")
     parts = _accepted(parts)
+
     # Where the archive already holds these UIDs (objects stored before the gateway knew them).
-    studies = await archive.locate("study", {_uids(p)[0] for p in parts})
-    series_at = await archive.locate("series", {_uids(p)[1] for p in parts})
-    instances = await archive.locate("instance", {_uids(p)[2] for p in parts})
+    # A recorded claim was checked against the archive when it was made (a store through here)
+    # or reported by it (the study index), and the claim step below refuses any disagreement
+    # with it: only unrecorded UIDs are looked up, the three levels at once. Appending to a
+    # known series costs one archive query (the new SOP Instance UIDs), not three.
+    def unrecorded(level: str, index: int) -> set[str]:
+        return {_uids(p)[index] for p in parts} - {u for lvl, u in recorded if lvl == level}
+
+    studies, series_at, instances = await asyncio.gather(
+        *(_locate(archive, level, unrecorded(level, i)) for i, level in enumerate(_LEVELS))
+    )
     for p in parts:
         study, series, sop = _uids(p)
         if any(loc.patient_id != (p.patient_id or "") for loc in studies.get(study, ())):
@@ -252,6 +249,13 @@ async def _check_identities(
     return []
 
 
+_LEVELS = ("study", "series", "instance")
+
+
+async def _locate(archive: StoreArchive, level: str, uids: set[str]) -> dict[str, set[Location]]:
+    return await archive.locate(level, uids) if uids else {}
+
+
 async def _verify(
     archive: StoreArchive, ctx: RequestContext, parts: list[Part], answer: dict[str, object]
 ) -> tuple[dict[str, object], list[Part]]:
@@ -261,9 +265,9 @@ async def _verify(
     items = _sequence(answer, "00081199")
     kept_items: list[object] = []
     for item in items:
-        sop = _first(item, "00081155")
+        sop = dicomjson.first(item, "00081155")
         part = by_sop.get(sop or "")
-        where = _retrieve_path(_first(item, "00081190"))
+        where = _retrieve_path(dicomjson.first(item, "00081190"))
         if part is None:
             # The archive stored something nobody sent as such: a smuggled object.
             ctx.alerts.append(("integrity", f"archive reported an unexpected instance {sop}"))
@@ -272,7 +276,7 @@ async def _verify(
             continue
         study, series, _ = _uids(part)
         if where is None:
-            found = (await archive.locate("instance", [sop])).get(sop or "", set())
+            found = (await archive.locate("instance", [sop or ""])).get(sop or "", set())
             places = {(loc.study_instance_uid, loc.series_instance_uid) for loc in found}
         else:
             places = {(where[0], where[1])}
@@ -303,15 +307,6 @@ def _sequence(answer: dict[str, object], tag: str) -> list[dict[str, Any]]:
     if isinstance(element, dict) and isinstance(element.get("Value"), list):
         return [i for i in element["Value"] if isinstance(i, dict)]
     return []
-
-
-def _first(item: dict[str, Any], tag: str) -> str | None:
-    element = item.get(tag)
-    if isinstance(element, dict):
-        values = element.get("Value")
-        if isinstance(values, list) and values and isinstance(values[0], str):
-            return values[0]
-    return None
 
 
 def _retrieve_path(url: str | None) -> tuple[str, str, str] | None:

@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from dicomweb_gateway import http
 from dicomweb_gateway.errors import not_found
 from dicomweb_gateway.settings import Settings
 
@@ -35,16 +36,7 @@ BREAK_GLASS_DIR = "break-glass"
 
 # Paths owned by the API: an unknown path under these is a 404, never the viewer's index.html
 # (a client must not mistake HTML for a DICOMweb or admin answer).
-API_PREFIXES = (
-    "/dicom-web",
-    "/wado",
-    "/admin",
-    "/audit",
-    "/.well-known",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-)
+API_PREFIXES = http.API_PREFIXES + http.SERVICE_ROUTES
 
 # Files of the OHIF package that are not part of this deployment: hosting-provider rules, the
 # demo Google Cloud config, a service worker that imports Workbox from a CDN, and the legacy
@@ -248,7 +240,6 @@ def mount_viewer(app: FastAPI, settings: Settings) -> None:
     if settings.viewer.dist_dir is None:
         return
     site = ViewerSite.load(settings)
-    app.state.viewer = site
 
     async def viewer(request: Request) -> Response:
         return site.respond(request.url.path)

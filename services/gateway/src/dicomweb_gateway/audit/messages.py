@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from ..context import Action, Principal, RequestContext, StudyRef
+from ..context import Action, Principal, RequestContext, SecurityEvent, StudyRef
 
 # --- XML 1.0 safety (VA-6) --------------------------------------------------------------------
 #
@@ -154,10 +154,6 @@ CID_403 = {
     )
 }
 
-_AUTHENTICATION_ERRORS = frozenset({"unauthorized", "invalid_token", "invalid_request"})
-_DPOP_ERRORS = frozenset({"invalid_dpop_proof", "use_dpop_nonce"})
-_STEP_UP_ERRORS = frozenset({"insufficient_user_authentication"})
-
 # ctx.extra key the admin API sets: {"event_type": "110127" | "110135", "reason": ..., ...}
 SECURITY_EVENT_KEY = "security_event"
 
@@ -209,16 +205,12 @@ def outcome_for(status: int | None) -> int:
 def alert_kinds(ctx: RequestContext) -> list[tuple[str, str]]:
     """The security events of a request as (kind, reason), in the order they happened."""
     kinds: list[tuple[str, str]] = []
-    code = ctx.error_code or ""
-    reason = ctx.error_detail or code
-    if code in _DPOP_ERRORS:
-        kinds.append(("dpop", reason))
-    elif code in _AUTHENTICATION_ERRORS and ctx.status == 401:
-        kinds.append(("authentication", reason))
-    elif code in _STEP_UP_ERRORS:
-        kinds.append(("step_up", reason))
+    reason = ctx.error_detail or ctx.error_code or ""
+    if ctx.security_event is not None:
+        # The typed kind the refusing error carried (errors.py, context.SecurityEvent).
+        kinds.append((ctx.security_event.value, reason))
     elif ctx.status == 401:
-        kinds.append(("authentication", reason))
+        kinds.append((SecurityEvent.AUTHENTICATION.value, reason))
     denied = [d for d in ctx.decisions if not d.allow]
     if ctx.status == 403 or (denied and not kinds):
         why = ",".join(r for d in denied for r in d.reasons) or reason

@@ -1,5 +1,7 @@
-"""`GET /audit`: the audit log for auditors (role `auditor`, login `urn:zt:acr:mfa` or higher).
+"""`GET /audit`: the audit log, for whom the policy allows `audit_read` (config/policy.yaml: the
+`audit-read` rule, role `auditor`, and the `mfa-for-audit-read` step-up).
 
+Decided by the same authorizer and policy file as every other route (no rule of its own here).
 Reading the log is itself audited (Audit Log Used, 110101); a refused read is a Security Alert
 (110113). Mounted by the app factory (it includes `dicomweb_gateway.audit.routes.router`).
 """
@@ -7,51 +9,19 @@ Reading the log is itself audited (Audit Log Used, 110101); a refused read is a 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..context import Action, Decision, Principal, RequestContext
-from ..errors import insufficient_scope, step_up
+from ..context import Action, RequestContext
 from ..pipeline import guarded
+from ..services import services_of
 from .store import Filters, split_ids
-
-if TYPE_CHECKING:
-    from . import Auditor
 
 router = APIRouter()
 
-AUDITOR_ROLE = "auditor"
-# ACR values from lowest to highest (docs/internals.md, identity contract).
-ACR_LEVELS = ("urn:zt:acr:pwd", "urn:zt:acr:mfa", "urn:zt:acr:phr")
-REQUIRED_ACR = "urn:zt:acr:mfa"
 MAX_LIMIT = 1000
-
-
-def acr_rank(acr: str | None) -> int:
-    return ACR_LEVELS.index(acr) if acr in ACR_LEVELS else -1
-
-
-def check_auditor(principal: Principal) -> Decision:
-    """Role first (a non-auditor gets 403 whatever the login), then the login level."""
-    if AUDITOR_ROLE not in principal.roles:
-        return Decision(False, ("role-unauthorized",))
-    if acr_rank(principal.acr) < acr_rank(REQUIRED_ACR):
-        # RFC 9470: preferred value first.
-        accepted = " ".join(ACR_LEVELS[acr_rank(REQUIRED_ACR) :])
-        return Decision(False, ("role-ok", "acr-insufficient"), acr_values=accepted)
-    return Decision(True, ("role-ok", "acr-ok"))
-
-
-def _enforce(ctx: RequestContext, decision: Decision) -> None:
-    ctx.decisions.append(decision)
-    if decision.allow:
-        return
-    detail = ",".join(decision.reasons)
-    if decision.acr_values:
-        raise step_up(detail, decision.acr_values, None)
-    raise insufficient_scope(detail)
 
 
 @router.get("/audit")
@@ -71,15 +41,15 @@ async def read_audit(
 
     Runs through the gateway pipeline (`guarded`): authentication, rate limits, and the record
     of this very read (110101) or of its refusal (110113)."""
-    auditor: Auditor = request.app.state.auditor
+    services = services_of(request)
+    auditor = services.auditor
     filters = Filters(
         since, until, user, patient, study, outcome, event, limit=limit, offset=offset
     )
 
     async def handler(ctx: RequestContext) -> Response:
         await auditor.preflight()  # the read must be auditable before anything is disclosed
-        assert ctx.principal is not None  # guarded() authenticated the request
-        _enforce(ctx, check_auditor(ctx.principal))
+        await services.authorizer.check_action(ctx, Action.AUDIT_READ)
         rows = await auditor.search(filters)
         records = [_public(r) for r in rows]
         return JSONResponse({"records": records, "limit": limit, "offset": offset})

@@ -34,10 +34,10 @@ import pydicom
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..archive.orthanc import DICOMWEB_ROOT
 from ..context import Action, Decision, RequestContext
 from ..errors import GatewayError, not_found, service_unavailable
 from ..parse import METADATA, RENDERED, SEARCHES, THUMBNAILS, QidoQuery, Resource, Transaction
+from ..services import services_of
 from .profile import Profile, burned_in_reason
 from .pseudonyms import Pseudonymizer
 from .store import PseudonymStore
@@ -81,9 +81,10 @@ def service(request: Request) -> DeidService:
     state = request.app.state
     svc: DeidService | None = getattr(state, "deid", None)
     if svc is None:
-        section = getattr(state.settings, "deidentification", None)
+        services = services_of(request)
+        section = getattr(services.settings, "deidentification", None)
         key = Path(section.key_file).read_bytes().strip() if section is not None else None
-        policy_store = getattr(state.authorizer, "store", None)  # None: a test's fake
+        policy_store = getattr(services.authorizer, "store", None)  # None: a test's fake
         engine = getattr(policy_store, "engine", None)
         svc = DeidService(key, PseudonymStore(engine) if engine is not None else None)
         state.deid = svc
@@ -91,7 +92,7 @@ def service(request: Request) -> DeidService:
 
 
 def _policy_has_views(request: Request) -> bool:
-    policy = getattr(request.app.state.authorizer, "policy", None)
+    policy = getattr(services_of(request).authorizer, "policy", None)
     return policy is not None and any(r.view == "deidentified" for r in policy.rules)
 
 
@@ -184,7 +185,7 @@ async def filter_search(
     used = ctx.extra.get(PSEUDONYMS_KEY)
     if used is None and not _policy_has_views(request):
         return page
-    authorizer = request.app.state.authorizer
+    authorizer: Any = services_of(request).authorizer
     study_of = {id(item): _first(item, "0020000D") or resource.study_instance_uid for item in page}
     uids = {u for u in study_of.values() if u}
     decisions: dict[str, Decision] = {}
@@ -246,18 +247,33 @@ def refused(reason: str) -> GatewayError:
     )
 
 
+_METADATA_OF = {
+    "study": Transaction.RETRIEVE_STUDY_METADATA,
+    "series": Transaction.RETRIEVE_SERIES_METADATA,
+    "instance": Transaction.RETRIEVE_INSTANCE_METADATA,
+}
+_PART10 = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+_OCTETS = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+
+
+def _level(resource: Resource) -> str:
+    if resource.sop_instance_uid:
+        return "instance"
+    return "series" if resource.series_instance_uid else "study"
+
+
 async def retrieve(request: Request, ctx: RequestContext, resource: Resource) -> Response:
     """Answer a read under a de-identified grant: nothing leaves untransformed."""
-    from ..dicomweb import _archive_target, rendered_accept  # the route module imports us
+    from ..dicomweb import rendered_accept  # the route module imports this one
 
     grant = grant_in(ctx)
     assert grant is not None
-    state = request.app.state
-    archive = state.archive
+    services = services_of(request)
+    archive = services.archive
     svc = service(request)
     pseudo = svc.pseudonymizer(grant.project)
     study = resource.study_instance_uid or ""
-    patient = (await state.authorizer.study_patients([study])).get(study) or ""
+    patient = (await services.authorizer.study_patients([study])).get(study) or ""
     profile = Profile(pseudo, patient)
     t = resource.transaction
     if t is Transaction.RETRIEVE_WADO_URI:
@@ -268,12 +284,13 @@ async def retrieve(request: Request, ctx: RequestContext, resource: Resource) ->
     ctx.forwarded = True
     # Which instances are addressed, and may any of them carry burned-in text?
     scope = Resource(
-        Transaction.RETRIEVE_STUDY_METADATA,
+        _METADATA_OF[_level(resource)],
         resource.study_instance_uid,
         resource.series_instance_uid,
         resource.sop_instance_uid,
     )
-    metadata = await _json(archive, DICOMWEB_ROOT + scope.archive_path())
+    metadata = json.loads(await _read(archive, scope, DICOM_JSON) or b"[]")
+    metadata = [item for item in metadata if isinstance(item, dict)]
     flagged = {
         _first(item, "00080018") or "": reason
         for item in metadata
@@ -287,7 +304,7 @@ async def retrieve(request: Request, ctx: RequestContext, resource: Resource) ->
     if flagged and single:
         raise refused("; ".join(sorted(set(flagged.values()))))
     if t in METADATA:
-        rewrite = state.rewriter.rewrite
+        rewrite = services.rewriter.rewrite
         items = [item for item in metadata if (_first(item, "00080018") or "") not in flagged]
         body = [
             profile.mark_json(profile.json(_rewritten(item, rewrite), url=url_mapper(pseudo)))
@@ -300,13 +317,9 @@ async def retrieve(request: Request, ctx: RequestContext, resource: Resource) ->
         Transaction.RETRIEVE_SERIES,
         Transaction.RETRIEVE_INSTANCE,
     ):
-        upstream = await _get(
-            archive,
-            DICOMWEB_ROOT + resource.archive_path(),
-            'multipart/related; type="application/dicom"; transfer-syntax=*',
-        )
+        answer = await _answer(archive, replace(resource, raw_query=""), _PART10)
         parts = []
-        for _, payload in _parts(upstream):
+        for _, payload in _parts(answer):
             ds = pydicom.dcmread(io.BytesIO(payload))
             if str(ds.get("SOPInstanceUID", "")) in flagged:
                 continue
@@ -322,36 +335,30 @@ async def retrieve(request: Request, ctx: RequestContext, resource: Resource) ->
     if t is Transaction.RETRIEVE_BULKDATA and (resource.bulk_path or "") not in PIXEL_BULK:
         raise not_found("only pixel data is offered as bulk data in a de-identified view")
     if t in (Transaction.RETRIEVE_FRAMES, Transaction.RETRIEVE_BULKDATA):
-        upstream = await _get(
-            archive,
-            DICOMWEB_ROOT + resource.archive_path(),
-            'multipart/related; type="application/octet-stream"; transfer-syntax=*',
-        )
         # Pixel data as the archive stores it; each part rebuilt with its media type only
         # (no Content-Location naming real UIDs).
-        return _multipart(_parts(upstream), "application/octet-stream")
+        answer = await _answer(archive, resource, _OCTETS)
+        return _multipart(_parts(answer), "application/octet-stream")
     # Rendered images and thumbnails: pixels only (the archive renders no annotations).
-    path, query = _archive_target(resource)
     accept = rendered_accept(request.headers.get("accept"))
-    answer = await archive.send("GET", path, query, {"Accept": accept}, stream=False)
-    if answer.status_code >= 400:
-        raise not_found(f"archive {answer.status_code} for a rendered image")
-    return Response(answer.content, media_type=accept)
+    image, _ = await _answer(archive, resource, accept)
+    return Response(image, media_type=accept)
 
 
-async def _get(archive: Any, path: str, accept: str) -> tuple[bytes, str]:
-    answer = await archive.send("GET", path, "", {"Accept": accept}, stream=False)
-    if answer.status_code >= 400:
-        raise not_found(f"archive {answer.status_code} for {path}")
-    return answer.content, answer.headers.get("content-type", "")
+async def _answer(archive: Any, resource: Resource, accept: str) -> tuple[bytes, str]:
+    upstream = await archive.retrieve(resource, {"accept": accept})
+    try:
+        body = await upstream.aread()
+    finally:
+        await upstream.aclose()
+    if upstream.status_code >= 400:
+        raise not_found(f"archive {upstream.status_code} for {resource.transaction.value}")
+    return body, upstream.headers.get("content-type", "")
 
 
-async def _json(archive: Any, path: str) -> list[dict[str, Any]]:
-    answer = await archive.send("GET", path, "", {"Accept": DICOM_JSON}, stream=False)
-    if answer.status_code >= 400:
-        raise not_found(f"archive {answer.status_code} for {path}")
-    data = answer.json() if answer.content else []
-    return [item for item in data if isinstance(item, dict)]
+async def _read(archive: Any, resource: Resource, accept: str) -> bytes:
+    body, _ = await _answer(archive, resource, accept)
+    return body
 
 
 def _rewritten(item: dict[str, Any], rewrite: Any) -> dict[str, Any]:

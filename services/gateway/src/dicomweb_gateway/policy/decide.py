@@ -4,7 +4,10 @@ Order: token criteria (scope, study narrowing, patient context, known study), th
 (any matching deny wins; otherwise the first matching allow), then step-up requirements of an
 allowed request (RFC 9470: the strongest `acr` and the smallest `max_age` of every matching
 requirement). With `study=None` (the study is not known yet) only the token criteria and the
-step-up requirements that do not depend on the study are evaluated.
+step-up requirements that do not depend on the study are evaluated, except for the actions
+that never concern a study (`STUDYLESS`: reading the audit trail, administration such as the
+device inventory), which the rules decide on the caller alone: without that, an action on no
+study would pass on the token's checks and step-up alone, whatever the caller's role.
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ from collections.abc import Iterable
 from ..context import Action, Decision, Principal
 from .criteria import RULE_CRITERIA, TOKEN_CRITERIA, Facts, StudyFacts, auth_age, auth_level
 from .model import Criteria, Policy, Rule
+
+# Actions decided on the caller alone when no study is named: their rules (roles, groups,
+# clients) are evaluated without one. An admin action on a study is decided again with it.
+STUDYLESS = frozenset({Action.AUDIT_READ, Action.ADMIN})
 
 
 def decide(
@@ -35,7 +42,7 @@ def decide(
         if not ok:
             return Decision(False, tuple(reasons))
 
-    if study is not None:
+    if study is not None or action in STUDYLESS:
         allowed: Rule | None = None
         deidentified: Rule | None = None
         for rule in policy.rules:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .db import Claim, LabelUpdate, PolicyStore, UnknownStudy
-from .feed import ArchiveSource, OrthancSource, ingest
+from .feed import ArchiveSource, ingest
 from .index import IndexEntry, StudyIndex
 from .indexer import ChangeFeedPoller, Indexer, Reconciler
 from .ingest import IngestRules, load_ingest_rules, parse_ingest_rules
@@ -16,7 +16,6 @@ __all__ = [
     "Indexer",
     "IngestRules",
     "LabelUpdate",
-    "OrthancSource",
     "PolicyStore",
     "Reconciler",
     "StudyIndex",

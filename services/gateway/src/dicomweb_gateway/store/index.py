@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from ..policy import StudyFacts
-from .db import Claim, PolicyStore, _chunks, _claim_of
+from .db import Claim, PolicyStore, _chunks, _claim_of, existing_claims
 from .matching import fold, study_conditions
 from .models import Study, StudyIndexEntry, StudyIndexModality, StudyLabel, UidClaim
 from .predicate import Predicate, as_clause
@@ -205,17 +205,7 @@ class StudyIndex:
             try:
                 conflicts: list[Claim] = []
                 async with self.store._session.begin() as session:
-                    existing: dict[tuple[str, str], Claim] = {}
-                    for level in ("study", "series", "instance"):
-                        uids = sorted(uid for lvl, uid in wanted if lvl == level)
-                        for chunk in _chunks(uids, 500):
-                            rows = await session.scalars(
-                                select(UidClaim).where(
-                                    UidClaim.level == level, UidClaim.uid.in_(chunk)
-                                )
-                            )
-                            for row in rows:
-                                existing[(row.level, row.uid)] = _claim_of(row)
+                    existing = await existing_claims(session, wanted)
                     for key, c in wanted.items():
                         if key in existing:
                             if not c.agrees(existing[key]):

@@ -6,20 +6,10 @@ grants the action at all. `evaluate` is the rule criterion `scopes`: any of the 
 
 from __future__ import annotations
 
-from ...context import Action
+from ..scopes import GRANTING_SCOPES
 from .base import Facts, Result
 
-# Which scope grants which DICOMweb action; the prefix is the SMART context level.
-GRANTING_SCOPES: dict[Action, frozenset[str]] = {
-    Action.SEARCH: frozenset(
-        {"user/ImagingStudy.rs", "patient/ImagingStudy.rs", "system/ImagingStudy.rs"}
-    ),
-    Action.READ: frozenset(
-        {"user/ImagingStudy.rs", "patient/ImagingStudy.rs", "system/ImagingStudy.rs"}
-    ),
-    Action.STORE: frozenset({"user/ImagingStudy.c", "system/ImagingStudy.c"}),
-    Action.DELETE: frozenset({"user/ImagingStudy.d"}),
-}
+__all__ = ["GRANTING_SCOPES", "check_token", "evaluate", "granting_levels"]
 
 
 def granting_levels(facts: Facts) -> frozenset[str]:
