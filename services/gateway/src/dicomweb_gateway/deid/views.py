@@ -60,7 +60,7 @@ class Grant:
 
 
 class DeidService:
-    """Per application: the master key and the reverse map (lives on `app.state.deid`)."""
+    """Per application: the master key and the reverse map (lives on `Services.deid`)."""
 
     def __init__(self, key: bytes | None, store: PseudonymStore | None) -> None:
         self.key = key
@@ -78,16 +78,15 @@ class DeidService:
 
 
 def service(request: Request) -> DeidService:
-    state = request.app.state
-    svc: DeidService | None = getattr(state, "deid", None)
+    services = services_of(request)
+    svc: DeidService | None = services.deid
     if svc is None:
-        services = services_of(request)
         section = getattr(services.settings, "deidentification", None)
         key = Path(section.key_file).read_bytes().strip() if section is not None else None
         policy_store = getattr(services.authorizer, "store", None)  # None: a test's fake
         engine = getattr(policy_store, "engine", None)
         svc = DeidService(key, PseudonymStore(engine) if engine is not None else None)
-        state.deid = svc
+        services.deid = svc
     return svc
 
 
@@ -185,7 +184,7 @@ async def filter_search(
     used = ctx.extra.get(PSEUDONYMS_KEY)
     if used is None and not _policy_has_views(request):
         return page
-    authorizer: Any = services_of(request).authorizer
+    authorizer = services_of(request).authorizer
     study_of = {id(item): _first(item, "0020000D") or resource.study_instance_uid for item in page}
     uids = {u for u in study_of.values() if u}
     decisions: dict[str, Decision] = {}
