@@ -111,3 +111,20 @@ def test_rules_live_in_one_place() -> None:
     assert viewer.API_PREFIXES == http.API_PREFIXES + http.SERVICE_ROUTES
     assert list(scopes.OPERATION_SCOPES) == app.SCOPES_SUPPORTED
     assert scope.GRANTING_SCOPES is scopes.GRANTING_SCOPES
+
+
+@pytest.mark.parametrize(("relative", "tree"), _modules(), ids=lambda v: getattr(v, "name", v))
+def test_routes_run_the_pipeline(relative: str, tree: ast.Module) -> None:
+    """No route stitches the order together itself: only pipeline.py calls `guarded`, and
+    `authenticate` and the audit preflight are called by the pipeline (or by the DIMSE door and
+    the data plane's decision, which answer no HTTP route of their own)."""
+    if relative == "pipeline.py":
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            assert name != "guarded", f"{relative}:{node.lineno} calls guarded(); use run()"
+            if name == "preflight":
+                assert relative in ("dimse.py", "dataplane.py", "app.py"), (
+                    f"{relative}:{node.lineno} runs the audit preflight itself"
+                )

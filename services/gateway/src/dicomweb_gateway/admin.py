@@ -10,6 +10,7 @@ for a label change (DICOM PS3.15 A.5.3.11, CID 403).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .context import Action, RequestContext, StudyRef
 from .errors import bad_request, not_found
 from .parse import is_uid as valid_uid  # the one UID grammar (PS3.5 9.1)
-from .pipeline import guarded
+from .pipeline import Forward, Spec, StudyFrom, run
 from .services import AuthorizerPort, services_of
 from .store import UnknownStudy
 
@@ -61,20 +62,46 @@ def _check_uid(uid: str) -> None:
         raise bad_request("invalid_uid", "malformed StudyInstanceUID")
 
 
+async def _study_owner(request: Request, ctx: RequestContext, uid: str) -> StudyRef:
+    """The study in the path, authorized for the route's action (policy store only)."""
+    assert ctx.action is not None
+    await _authorizer(request).check_study(ctx, ctx.action, uid)
+    return StudyRef(uid)
+
+
+def _on_study(
+    transaction: str, forward: Forward[str]
+) -> Callable[[Request], Awaitable[tuple[Spec[str], str]]]:
+    """The spec of an admin route on the study its path names (validated first: 400)."""
+    spec = Spec(transaction, Action.ADMIN, StudyFrom.PATH, forward, owner=_study_owner)
+
+    async def parse(request: Request) -> tuple[Spec[str], str]:
+        uid: str = request.path_params["study_instance_uid"]
+        _check_uid(uid)
+        return spec, uid
+
+    return parse
+
+
 @router.get("/studies/{study_instance_uid}")
 async def read_study(study_instance_uid: str, request: Request) -> Response:
-    async def handle(ctx: RequestContext) -> Response:
-        return JSONResponse(await _read_study(study_instance_uid, request, ctx))
+    del study_instance_uid  # read by the route's parse step
+    return await run(
+        request,
+        _on_study("admin_read_study", _read_study),
+        transaction="admin_read_study",
+        action=Action.ADMIN,
+    )
 
-    return await guarded(request, handle, transaction="admin_read_study", action=Action.ADMIN)
+
+async def _read_study(request: Request, ctx: RequestContext, study_instance_uid: str) -> Response:
+    return JSONResponse(await _study_view(request, study_instance_uid, ctx))
 
 
-async def _read_study(
-    study_instance_uid: str, request: Request, ctx: RequestContext
+async def _study_view(
+    request: Request, study_instance_uid: str, ctx: RequestContext
 ) -> dict[str, Any]:
-    _check_uid(study_instance_uid)
     authorizer = _authorizer(request)
-    await authorizer.check_study(ctx, Action.ADMIN, study_instance_uid)
     facts = await authorizer.store.study(study_instance_uid)
     ctx.add_study(StudyRef(study_instance_uid, facts.patient_id))  # the 110103 record names it
     history = await authorizer.store.label_history(study_instance_uid)
@@ -98,23 +125,29 @@ async def _read_study(
 
 @router.patch("/studies/{study_instance_uid}/labels")
 async def change_labels(study_instance_uid: str, request: Request) -> Response:
-    async def handle(ctx: RequestContext) -> Response:
-        return JSONResponse(await _change_labels(study_instance_uid, request, ctx))
+    del study_instance_uid  # read by the route's parse step
+    return await run(
+        request,
+        _on_study("admin_change_labels", _change_labels_route),
+        transaction="admin_change_labels",
+        action=Action.ADMIN,
+    )
 
-    return await guarded(request, handle, transaction="admin_change_labels", action=Action.ADMIN)
+
+async def _change_labels_route(
+    request: Request, ctx: RequestContext, study_instance_uid: str
+) -> Response:
+    return JSONResponse(await _change_labels(study_instance_uid, request, ctx))
 
 
 async def _change_labels(
     study_instance_uid: str, request: Request, ctx: RequestContext
 ) -> dict[str, Any]:
-    _check_uid(study_instance_uid)
     body = await _body(request, LabelChangeRequest)
     authorizer = _authorizer(request)
     unknown = sorted(set(body.add + body.remove) - set(authorizer.policy.labels))
     if unknown:
         raise bad_request("unknown_label", "unknown label", f"unknown labels {unknown}")
-    await authorizer.check_study(ctx, Action.ADMIN, study_instance_uid)
-    await services_of(request).auditor.preflight()  # no unaudited change (fail closed)
     try:
         update = await authorizer.store.change_labels(
             study_instance_uid, body.add, body.remove, _who(ctx), body.reason
@@ -143,12 +176,26 @@ async def _change_labels(
     }
 
 
+_BREAK_GLASS: Spec[None] = Spec(
+    "break_glass", Action.BREAK_GLASS, StudyFrom.BODY, lambda r, c, _: _grant(r, c)
+)
+_DEVICES: Spec[None] = Spec(
+    "admin_devices", Action.ADMIN, StudyFrom.NONE, lambda r, c, _: _devices(r, c)
+)
+
+
+def _static(spec: Spec[None]) -> Callable[[Request], Awaitable[tuple[Spec[None], None]]]:
+    async def parse(request: Request) -> tuple[Spec[None], None]:
+        return spec, None
+
+    return parse
+
+
 @router.post("/break-glass", status_code=201)
 async def break_glass(request: Request) -> Response:
-    async def handle(ctx: RequestContext) -> Response:
-        return await _grant(request, ctx)
-
-    return await guarded(request, handle, transaction="break_glass", action=Action.BREAK_GLASS)
+    return await run(
+        request, _static(_BREAK_GLASS), transaction="break_glass", action=Action.BREAK_GLASS
+    )
 
 
 async def _grant(request: Request, ctx: RequestContext) -> Response:
@@ -161,9 +208,9 @@ async def _grant(request: Request, ctx: RequestContext) -> Response:
         raise bad_request(
             "invalid_request", f"reason must be at least {settings.min_reason_length} characters"
         )
+    # The study is in the body: decided here, after the pipeline's audit preflight.
     await authorizer.check_study(ctx, Action.BREAK_GLASS, body.study_instance_uid)
     assert ctx.principal is not None  # check_study denies an anonymous caller
-    await services_of(request).auditor.preflight()  # no unaudited emergency access
     grant = await authorizer.store.grant_break_glass(
         ctx.principal.subject,
         ctx.principal.issuer,
@@ -202,19 +249,18 @@ async def _grant(request: Request, ctx: RequestContext) -> Response:
 @router.get("/devices")
 async def list_devices(request: Request) -> Response:
     """The device inventory (DV-3): JSON, or an HTML page when the client accepts text/html.
-    Same protection as every admin route: the admin role and a fresh MFA login."""
+    Same protection as every admin route: the admin role (the policy's `admin` rules, decided
+    on the caller: StudyFrom.NONE) and a fresh MFA login."""
+    return await run(request, _static(_DEVICES), transaction="admin_devices", action=Action.ADMIN)
 
-    async def handle(ctx: RequestContext) -> Response:
-        from .devices import as_dict, html_page
 
-        authorizer = _authorizer(request)
-        await authorizer.check_action(ctx, Action.ADMIN)
-        devices = [as_dict(row) for row in await authorizer.store.devices()]
-        if "text/html" in request.headers.get("accept", ""):
-            return HTMLResponse(html_page(devices))
-        return JSONResponse({"devices": devices})
+async def _devices(request: Request, ctx: RequestContext) -> Response:
+    from .devices import as_dict, html_page
 
-    return await guarded(request, handle, transaction="admin_devices", action=Action.ADMIN)
+    devices = [as_dict(row) for row in await _authorizer(request).store.devices()]
+    if "text/html" in request.headers.get("accept", ""):
+        return HTMLResponse(html_page(devices))
+    return JSONResponse({"devices": devices})
 
 
 def _who(ctx: RequestContext) -> str:

@@ -101,6 +101,7 @@ class RequestContext:
     # Security events for audit (VA-4): e.g. ("preamble", "PE header in part 2").
     alerts: list[tuple[str, str]] = field(default_factory=list)
     forwarded: bool = False  # did anything reach the archive
+    owner: StudyRef | None = None  # the study that owns the addressed object (pipeline.run)
     extra: dict[str, object] = field(default_factory=dict)
 
     def add_study(self, ref: StudyRef) -> None:

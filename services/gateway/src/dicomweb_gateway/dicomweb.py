@@ -34,7 +34,7 @@ from .parse import (
     parse_dicomweb,
     parse_wado_uri,
 )
-from .pipeline import authenticate, guarded, new_context
+from .pipeline import Spec, StudyFrom, run
 from .rewrite import dump_json, filter_qido
 from .search import count_matches, search_index
 from .services import services_of
@@ -63,45 +63,61 @@ DICOM_JSON = "application/dicom+json"
 
 async def dicomweb(request: Request) -> Response:
     path: str = request.path_params["path"]
-    ctx = new_context(request, None, None)
 
-    async def handle(ctx: RequestContext) -> Response:
+    async def parse(request: Request) -> tuple[Spec[Resource], Resource]:
         settings = services_of(request).settings
         resource = parse_dicomweb(
             request.method, path, request.url.query, settings.limits.qido_max_limit
         )
-        ctx.transaction = resource.transaction.value
-        ctx.action = resource.action
-        await authenticate(request, ctx)
-        # Before anything reaches the archive, owner look-ups included (AO-2).
-        await services_of(request).auditor.preflight()
-        resource = await deid_views.resolve(request, ctx, resource)  # DA-1: pseudonyms
-        return await dispatch(request, ctx, resource)
+        return spec_of(resource), resource
 
-    return await guarded(request, handle, ctx=ctx, authenticated=False)
+    return await run(request, parse)
 
 
 async def wado_uri(request: Request) -> Response:
-    ctx = new_context(request, Transaction.RETRIEVE_WADO_URI.value, Action.READ)
-
-    async def handle(ctx: RequestContext) -> Response:
+    async def parse(request: Request) -> tuple[Spec[Resource], Resource]:
         resource = parse_wado_uri(request.method, request.url.query)
-        await authenticate(request, ctx)
-        await services_of(request).auditor.preflight()
-        resource = await deid_views.resolve(request, ctx, resource)  # DA-1: pseudonyms
-        return await retrieve(request, ctx, resource)
+        return spec_of(resource), resource
 
-    return await guarded(request, handle, ctx=ctx, authenticated=False)
+    return await run(
+        request, parse, transaction=Transaction.RETRIEVE_WADO_URI.value, action=Action.READ
+    )
 
 
-async def dispatch(request: Request, ctx: RequestContext, resource: Resource) -> Response:
-    if resource.transaction in SEARCHES:
-        return await search(request, ctx, resource)
-    if resource.transaction is Transaction.STORE_INSTANCES:
-        return await store(request, ctx, resource)
-    if resource.transaction in (Transaction.DELETE_STUDY, Transaction.DELETE_SERIES):
-        return await delete(request, ctx, resource)
-    return await retrieve(request, ctx, resource)
+async def _path_owner(request: Request, ctx: RequestContext, resource: Resource) -> StudyRef:
+    assert ctx.action is not None
+    return await owning_study(request, ctx, resource, ctx.action)
+
+
+async def _pseudonyms(request: Request, ctx: RequestContext, resource: Resource) -> Resource:
+    return await deid_views.resolve(request, ctx, resource)  # DA-1: pseudonymous UIDs
+
+
+def spec_of(resource: Resource) -> Spec[Resource]:
+    """Each DICOMweb transaction's spec: its action, where its study comes from, its handler.
+    Every one resolves pseudonymous UIDs first (DA-1)."""
+    t = resource.transaction
+    named = resource.study_instance_uid is not None
+    if t in SEARCHES:
+        study, action, forward = (
+            (StudyFrom.PATH if named else StudyFrom.INDEX),
+            Action.SEARCH,
+            search,
+        )
+    elif t is Transaction.STORE_INSTANCES:
+        study, action, forward = StudyFrom.BODY, Action.STORE, store
+    elif t in (Transaction.DELETE_STUDY, Transaction.DELETE_SERIES):
+        study, action, forward = StudyFrom.PATH, Action.DELETE, delete
+    else:
+        study, action, forward = StudyFrom.PATH, Action.READ, retrieve
+    return Spec(
+        t.value,
+        action,
+        study,
+        forward,
+        owner=_path_owner if study is StudyFrom.PATH else None,
+        resolve=_pseudonyms,
+    )
 
 
 # ---------------------------------------------------------------- owner resolution
@@ -183,7 +199,6 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
     archive = state.archive
     authorizer = state.authorizer
     media = qido_media(request.headers.get("accept"))
-    await authorizer.check_action(ctx, Action.SEARCH)
     query = resource.query
     assert query is not None and query.limit is not None
     # One more than the page when the gateway's cap set the limit: was the answer cut?
@@ -199,10 +214,10 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
         if len(page) > query.limit:
             total = await count_matches(authorizer, ctx, resource.transaction, query)
     else:
-        # Within one permitted study: decided here, and a series the path names must be one of
-        # that study's (else 404, the same for an unknown series and a series of another study:
-        # a series UID's existence is never disclosed, AP-1; docs/conformance.md).
-        await owning_study(request, ctx, resource, Action.SEARCH)
+        # Within one permitted study: decided by the pipeline (the path's owner), and a series
+        # the path names must be one of that study's (else 404, the same for an unknown series
+        # and a series of another study: a series UID's existence is never disclosed, AP-1;
+        # docs/conformance.md).
         ctx.forwarded = True
         results = await archive.search(
             resource.archive_path(), query, ("StudyInstanceUID", "PatientID")
@@ -284,8 +299,6 @@ def _media_params(item: str) -> tuple[str, dict[str, str]]:
 async def retrieve(request: Request, ctx: RequestContext, resource: Resource) -> Response:
     state = services_of(request)
     archive = state.archive
-    await state.authorizer.check_action(ctx, Action.READ)
-    await owning_study(request, ctx, resource, Action.READ)
     if deid_views.grant_in(ctx) is not None:  # DA-1: the gateway transforms every byte
         return await deid_views.retrieve(request, ctx, resource)
     headers = request_headers(request.headers)
@@ -358,7 +371,6 @@ async def store(request: Request, ctx: RequestContext, resource: Resource) -> Re
     settings = state.settings
     archive = state.archive
     authorizer = state.authorizer
-    await authorizer.check_action(ctx, Action.STORE)
     if resource.study_instance_uid:
         await authorizer.check_study(ctx, Action.STORE, resource.study_instance_uid)
     content_type = request.headers.get("content-type", "")
@@ -432,8 +444,8 @@ async def _read_capped(request: Request, cap: int) -> bytes:
 async def delete(request: Request, ctx: RequestContext, resource: Resource) -> Response:
     state = services_of(request)
     archive = state.archive
-    await state.authorizer.check_action(ctx, Action.DELETE)
-    owner = await owning_study(request, ctx, resource, Action.DELETE)
+    owner = ctx.owner
+    assert owner is not None  # StudyFrom.PATH: the pipeline resolved and authorized it
     ctx.forwarded = True
     study = owner.study_instance_uid
     series = resource.series_instance_uid

@@ -1,9 +1,14 @@
 """The per-request pipeline every protected route runs through (ARCHITECTURE section 4).
 
-context -> rate limit -> authenticate -> (route: resolve owner, authorize, forward, rewrite)
--> respond; audit `record(ctx)` at the end of every request, allowed or denied, and errors
-turned into responses in one place (http.error_response). Other packages' routes (admin,
-audit) call `guarded` too so they get the same authentication, limits and audit.
+Each route declares a `Spec`: its transaction, its action, where its study comes from, and
+the steps that are its own (resolve, owner, forward). `run(request, parse)` owns the order:
+
+    parse -> authenticate (and rate limits) -> audit preflight -> resolve (pseudonymous UIDs)
+    -> authorize the action -> resolve the owner and authorize on it (`StudyFrom.PATH`)
+    -> forward and rewrite (the route's `forward`) -> audit `record(ctx)`
+
+so no handler repeats it. `guarded` is the outer part (context, errors turned into responses
+in one place, http.error_response, and the audit record of every request, allowed or denied).
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Generic, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .context import Action, RequestContext
+from .context import Action, RequestContext, StudyRef
 from .errors import GatewayError, service_unavailable
 from .http import audit_mark, error_response
 from .observe import log_request
@@ -26,6 +34,71 @@ from .store.engines import unavailable
 log = logging.getLogger("dicomweb_gateway")
 
 Handler = Callable[[RequestContext], Awaitable[Response]]
+P = TypeVar("P")
+
+
+class StudyFrom(Enum):
+    """Where a route's study comes from, so where it is authorized."""
+
+    PATH = "path"  # named in the URL: `owner` authorizes it, then proves the object is its own
+    BODY = "body"  # named by each stored instance or in the request body: decided per study
+    INDEX = "index"  # a search: the permitted set is decided in the study index
+    NONE = "none"  # no study (the audit trail, the device inventory): the rules decide alone
+
+
+Step = Callable[[Request, RequestContext, P], Awaitable[P]]
+Owner = Callable[[Request, RequestContext, P], Awaitable[StudyRef]]
+Forward = Callable[[Request, RequestContext, P], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Spec(Generic[P]):
+    """One route (or one DICOMweb transaction): what `run` needs to know of it."""
+
+    transaction: str
+    action: Action
+    study: StudyFrom
+    forward: Forward[P]
+    owner: Owner[P] | None = None  # StudyFrom.PATH: authorize the named study, return the owner
+    resolve: Step[P] | None = None  # before authorization: e.g. pseudonymous UIDs to real ones
+    preflight: bool = True  # the audit store must take a record before anything happens
+
+    def __post_init__(self) -> None:
+        if (self.study is StudyFrom.PATH) != (self.owner is not None):
+            raise ValueError(f"{self.transaction}: a study from the path needs an owner step")
+
+
+Parse = Callable[[Request], Awaitable[tuple[Spec[P], P]]]
+
+
+async def run(
+    request: Request,
+    parse: Parse[P],
+    *,
+    transaction: str | None = None,
+    action: Action | None = None,
+) -> Response:
+    """The whole pipeline for one request; `transaction`/`action` name it for the audit
+    record when it is refused before `parse` says what it is."""
+    ctx = new_context(request, transaction, action)
+
+    async def steps(ctx: RequestContext) -> Response:
+        spec, parsed = await parse(request)
+        ctx.transaction, ctx.action = spec.transaction, spec.action
+        await authenticate(request, ctx)
+        services = services_of(request)
+        if spec.preflight:
+            # Before anything reaches the archive or a store, owner look-ups included (AO-2).
+            await services.auditor.preflight()
+        if spec.resolve is not None:
+            parsed = await spec.resolve(request, ctx, parsed)
+        await services.authorizer.check_action(ctx, spec.action)
+        if spec.owner is not None:
+            ctx.owner = await spec.owner(request, ctx, parsed)
+        return await spec.forward(request, ctx, parsed)
+
+    return await guarded(request, steps, ctx=ctx, authenticated=False)
+
 
 AUTH_TRIED = "authentication_tried"  # ctx.extra key: credentials were checked (or refused)
 

@@ -15,13 +15,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..context import Action, RequestContext
-from ..pipeline import guarded
+from ..pipeline import Spec, StudyFrom, run
 from ..services import services_of
 from .store import Filters, split_ids
 
 router = APIRouter()
 
 MAX_LIMIT = 1000
+TRANSACTION = "audit_log_used"
 
 
 @router.get("/audit")
@@ -39,22 +40,24 @@ async def read_audit(
 ) -> Response:
     """Audit records, oldest first, filtered; each with its A.5 XML and chain hash.
 
-    Runs through the gateway pipeline (`guarded`): authentication, rate limits, and the record
-    of this very read (110101) or of its refusal (110113)."""
-    services = services_of(request)
-    auditor = services.auditor
+    Runs through the gateway pipeline (`pipeline.run`, no study: the policy's `audit_read`
+    rules decide on the caller): authentication, rate limits, the audit preflight, and the
+    record of this very read (110101) or of its refusal (110113)."""
     filters = Filters(
         since, until, user, patient, study, outcome, event, limit=limit, offset=offset
     )
 
-    async def handler(ctx: RequestContext) -> Response:
-        await auditor.preflight()  # the read must be auditable before anything is disclosed
-        await services.authorizer.check_action(ctx, Action.AUDIT_READ)
-        rows = await auditor.search(filters)
+    async def forward(request: Request, ctx: RequestContext, _: None) -> Response:
+        rows = await services_of(request).auditor.search(filters)
         records = [_public(r) for r in rows]
         return JSONResponse({"records": records, "limit": limit, "offset": offset})
 
-    return await guarded(request, handler, transaction="audit_log_used", action=Action.AUDIT_READ)
+    spec: Spec[None] = Spec(TRANSACTION, Action.AUDIT_READ, StudyFrom.NONE, forward)
+
+    async def parse(request: Request) -> tuple[Spec[None], None]:
+        return spec, None
+
+    return await run(request, parse, transaction=TRANSACTION, action=Action.AUDIT_READ)
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
