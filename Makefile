@@ -7,7 +7,7 @@ STACK ?= auto
 RUN_DIR ?= .run
 # One lint command for `make lint` and `make test` (CI runs `make test`, so CI keeps code clean).
 LINT := $(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && \
-	$(VENV)/bin/mypy --config-file pyproject.toml services/gateway/src services/stack/src idp/client/src
+	$(VENV)/bin/mypy --config-file pyproject.toml services/gateway/src services/stack/src services/emr/src idp/client/src
 
 help: ## List the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z][a-zA-Z_-]*:.*## /{printf "  %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)

@@ -56,7 +56,7 @@ if [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$py_stamp" ]; then
   say "installing Python dependencies into $VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check -c requirements/constraints.txt -r requirements/base.in
   editables=()
-  for d in services/gateway services/stack idp/client; do
+  for d in services/gateway services/stack services/emr idp/client; do
     [ -f "$d/pyproject.toml" ] && editables+=(-e "$d")
   done
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation "${editables[@]}"

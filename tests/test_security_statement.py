@@ -97,7 +97,7 @@ def test_statement_matches_the_running_stack(stack: dict[str, Any], statement: s
     assert _row(statement, "archive-http")[5] == "yes"
     assert _row(statement, "gateway-http")[3] == "none: plain HTTP"
     assert stack["idp_issuer"] in statement and f"`aud` = `{stack['resource']}`" in statement
-    assert "**Not supported.**" in statement  # de-identification
+    assert "**De-identified views (DA-1)**" in statement  # de-identification (issue 19)
     for control in ("ID-1", "NW-1", "AP-1", "VA-6", "DA-1"):
         assert f"| {control} |" in statement
 

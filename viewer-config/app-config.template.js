@@ -63,6 +63,24 @@
     oidc.prompt = 'login';
   }
 
+  // Launch from the EMR (issue 19, docs/viewer.md): the EMR opens a new tab on
+  // /viewer?StudyInstanceUIDs=<uid>&launch=<uid>. On the tab's first load, before anyone is
+  // signed in, the launch context becomes this tab's study: every sign-in of the tab (the first,
+  // step-ups, after expiry) asks the IdP for the parameterized scope study:<uid>, so the token
+  // reaches that study and nothing else. Later loads ignore `launch`: editing the URL to another
+  // study changes nothing but the study OHIF asks for, which the gateway then refuses.
+  var LAUNCH_KEY = 'zt-launch-study';
+  var launched = window.sessionStorage.getItem(LAUNCH_KEY);
+  var launch = new URLSearchParams(window.location.search).get('launch');
+  var UID_GRAMMAR = /^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$/;
+  if (!launched && launch && launch.length <= 64 && UID_GRAMMAR.test(launch) && !accessToken()) {
+    launched = launch;
+    window.sessionStorage.setItem(LAUNCH_KEY, launched);
+  }
+  if (launched && UID_GRAMMAR.test(launched)) {
+    oidc.scope += ' study:' + launched;
+  }
+
   function forgetUser() {
     // oidc-client-ts keeps the signed-in user in sessionStorage under "oidc.user:<iss>:<client>".
     window.sessionStorage.removeItem('oidc.user:' + ISSUER + ':' + CLIENT_ID);

@@ -166,7 +166,7 @@ def _client(cid: str, c: dict[str, Any], realm: dict[str, Any]) -> dict[str, Any
         "post.logout.redirect.uris": "##".join(c.get("post_logout_redirect_uris") or []),
         "acr.loa.map": json.dumps({lv["acr"]: lv["loa"] for lv in realm["acr_levels"]}),
     }
-    if c["public"]:
+    if c["public"] or c.get("pkce"):  # the EMR simulator: confidential and PKCE
         attributes["pkce.code.challenge.method"] = c.get("pkce", "S256")
     out: dict[str, Any] = {
         "clientId": cid,

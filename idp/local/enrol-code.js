@@ -34,7 +34,9 @@ const ttl = Number(values['ttl-minutes']);
 if (!Number.isInteger(ttl) || ttl < 1 || ttl > 60) fail('--ttl-minutes must be a whole number from 1 to 60');
 
 const config = JSON.parse(readFileSync(configFile, 'utf8'));
-const realm = loadRealm(config.realm_file, { gatewayUrl: config.resource || config.gateway_url });
+const realm = loadRealm(config.realm_file, {
+  gatewayUrl: config.resource || config.gateway_url, emrUrl: config.emr_url,
+});
 const user = Object.hasOwn(realm.users, values.user) ? realm.users[values.user] : undefined;
 if (!user) fail(`no user ${JSON.stringify(values.user)} in the realm`);
 // The realm decides who may hold a security key; a code cannot add a factor to anyone else.

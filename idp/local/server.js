@@ -37,7 +37,9 @@ function main() {
     process.exit(2);
   }
   const config = JSON.parse(readFileSync(configFile, 'utf8'));
-  const realm = loadRealm(config.realm_file, { gatewayUrl: config.resource || config.gateway_url });
+  const realm = loadRealm(config.realm_file, {
+    gatewayUrl: config.resource || config.gateway_url, emrUrl: config.emr_url,
+  });
   const store = new Store(config.data_dir, realm);
   const issuer = new URL(config.issuer);
   const prefix = issuer.pathname.replace(/\/$/, '');

@@ -58,6 +58,7 @@ def local() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def keycloak() -> dict[str, Any]:
     text = IMPORT_FILE.read_text(encoding="utf-8").replace("${GATEWAY_URL}", GATEWAY)
+    text = text.replace("${EMR_URL}", "https://localhost:8444")  # the local IdP's default
     data: dict[str, Any] = json.loads(text)
     return data
 

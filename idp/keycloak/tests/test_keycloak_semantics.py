@@ -126,9 +126,20 @@ def test_public_clients_pkce_s256_no_implicit_no_password_grant(kc: dict[str, An
         if c["publicClient"]:
             assert c["attributes"]["pkce.code.challenge.method"] == "S256", c["clientId"]
             assert c["standardFlowEnabled"] is True and c["serviceAccountsEnabled"] is False
+        elif c["clientId"] == "emr-simulator":
+            # A confidential web client (issue 19): code + PKCE S256 and private_key_jwt.
+            assert c["clientAuthenticatorType"] == "client-jwt"
+            assert c["attributes"]["pkce.code.challenge.method"] == "S256"
+            assert c["standardFlowEnabled"] is True and c["serviceAccountsEnabled"] is False
         else:
             assert c["clientAuthenticatorType"] == "client-jwt", c["clientId"]
             assert c["standardFlowEnabled"] is False, c["clientId"]
+
+
+def _placeholders(uri: str) -> str:
+    return uri.replace("${GATEWAY_URL}", "https://gw.example").replace(
+        "${EMR_URL}", "https://emr.example"
+    )
 
 
 def test_redirect_uris_and_web_origins_are_exact(kc: dict[str, Any], realm: dict[str, Any]) -> None:
@@ -138,14 +149,14 @@ def test_redirect_uris_and_web_origins_are_exact(kc: dict[str, Any], realm: dict
         assert c["redirectUris"] == want["redirect_uris"], cid
         assert c["webOrigins"] == (want.get("web_origins") or []), cid
         for uri in c["redirectUris"]:
-            parts = urlsplit(uri.replace("${GATEWAY_URL}", "https://gw.example"))
+            parts = urlsplit(_placeholders(uri))
             assert "*" not in uri and parts.scheme and parts.netloc and parts.path, (cid, uri)
             assert not parts.query and not parts.fragment, (cid, uri)
         for origin in c["webOrigins"]:
             assert origin not in ("*", "+", "-") and "*" not in origin, (cid, origin)
-            parts = urlsplit(origin.replace("${GATEWAY_URL}", "https://gw.example"))
+            parts = urlsplit(_placeholders(origin))
             assert parts.scheme == "https" and parts.path == "", (cid, origin)
-        if not c["publicClient"]:
+        if not c["publicClient"] and "authorization_code" not in want["grant_types"]:
             assert c["redirectUris"] == [] and c["webOrigins"] == [], cid
 
 

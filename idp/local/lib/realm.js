@@ -1,4 +1,4 @@
-// Loads idp/realm.yaml, substitutes ${GATEWAY_URL} and derives the effective configuration
+// Loads idp/realm.yaml, substitutes ${GATEWAY_URL} (and ${EMR_URL}) and derives the effective configuration
 // the provider runs with. effective() is also printed by effective-config.js so the Keycloak
 // agreement test compares both providers against the same facts.
 import { readFileSync } from 'node:fs';
@@ -20,10 +20,13 @@ function substitute(value, vars) {
   return value;
 }
 
-export function loadRealm(file, { gatewayUrl }) {
+// The EMR simulator's origin (issue 19) when the launcher does not name one: `make up`'s.
+export const DEFAULT_EMR_URL = 'https://localhost:8444';
+
+export function loadRealm(file, { gatewayUrl, emrUrl = DEFAULT_EMR_URL }) {
   const raw = YAML.parse(readFileSync(file, 'utf8'));
   const origin = new URL(gatewayUrl).origin; // the audience is exactly the gateway origin
-  return substitute(raw, { GATEWAY_URL: origin });
+  return substitute(raw, { GATEWAY_URL: origin, EMR_URL: new URL(emrUrl).origin });
 }
 
 export function acrRank(realm, acr) {
@@ -76,7 +79,8 @@ export function effective(realm) {
       redirect_uris: [...c.redirect_uris].sort(),
       web_origins: [...(c.web_origins || [])].sort(),
       scopes: [...c.scopes].sort(),
-      pkce: c.public ? 'S256' : null,
+      // oidc-provider asks PKCE S256 of every authorization code flow (public or not).
+      pkce: c.public || c.grant_types.includes('authorization_code') ? 'S256' : null,
       dpop_required: Boolean(c.dpop_required),
       client_authentication: c.public ? 'none' : c.client_authentication,
     };

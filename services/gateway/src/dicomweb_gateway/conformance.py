@@ -260,7 +260,7 @@ def _rows() -> list[Row]:
             "",
             "",
             BY_DESIGN,
-            "400: de-identification is not offered (DA-1 later)",
+            "400: de-identification is a policy grant (DA-1), not a parameter",
         )
     )
     for name, path, status, note in (

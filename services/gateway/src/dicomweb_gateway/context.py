@@ -77,6 +77,9 @@ class Decision:
     # Set when the only thing missing is a stronger or fresher login (RFC 9470).
     acr_values: str | None = None
     max_age: int | None = None
+    # DA-1: set when the allowing rules grant only a de-identified view (policy `view`).
+    deidentified_project: str | None = None
+    allow_secondary_capture: bool = False
 
 
 @dataclass

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .context import Action, RequestContext
+from .deid import views as deid_views
 from .dicomweb import owning_study
 from .errors import GatewayError
 from .http import audit_mark
@@ -110,6 +111,8 @@ async def authz(request: Request) -> Response:
         await state.auditor.preflight()
         await state.authorizer.check_action(ctx, Action.READ)
         await owning_study(request, ctx, resource, Action.READ)
+        if deid_views.declines(ctx):
+            return _not_here()  # DA-1: a de-identified view is the gateway's, never streamed
     except GatewayError:
         return _not_here()
     ctx.status, ctx.forwarded = 200, True

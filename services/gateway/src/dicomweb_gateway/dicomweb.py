@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from . import dicomjson
 from .context import Action, RequestContext, StudyRef
+from .deid import views as deid_views
 from .errors import GatewayError, bad_request, not_found
 from .forward import archive_error, request_headers, stream_response
 from .nativexml import DICOM_XML, multipart_xml, native_xml, rewrite_multipart
@@ -74,6 +75,7 @@ async def dicomweb(request: Request) -> Response:
         await authenticate(request, ctx)
         # Before anything reaches the archive, owner look-ups included (AO-2).
         await services_of(request).auditor.preflight()
+        resource = await deid_views.resolve(request, ctx, resource)  # DA-1: pseudonyms
         return await dispatch(request, ctx, resource)
 
     return await guarded(request, handle, ctx=ctx, authenticated=False)
@@ -86,6 +88,7 @@ async def wado_uri(request: Request) -> Response:
         resource = parse_wado_uri(request.method, request.url.query)
         await authenticate(request, ctx)
         await services_of(request).auditor.preflight()
+        resource = await deid_views.resolve(request, ctx, resource)  # DA-1: pseudonyms
         return await retrieve(request, ctx, resource)
 
     return await guarded(request, handle, ctx=ctx, authenticated=False)
@@ -124,6 +127,7 @@ async def owning_study(
         # The refusal's audit message names the study; its patient is not asked of the archive.
         ctx.add_study(StudyRef(named))
         raise
+    deid_views.enforce(ctx)  # DA-1: real UIDs never under a de-identified grant, nor pseudonyms
     patient = (await authorizer.study_patients([named])).get(named)
     level, uid = "study", named
     if resource.sop_instance_uid:
@@ -218,6 +222,7 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
         study = dicomjson.first(item, "0020000D")
         if study:
             ctx.add_study(StudyRef(study, dicomjson.first(item, "00100020")))
+    page = await deid_views.filter_search(request, ctx, resource, page)  # DA-1
     # Empty results are 200 with an empty list (or no part), never 204 (docs/conformance.md).
     if media == DICOM_XML:
         body, content_type = multipart_xml(json.loads(state.rewriter.rewrite(dump_json(page))))
@@ -281,6 +286,8 @@ async def retrieve(request: Request, ctx: RequestContext, resource: Resource) ->
     archive = state.archive
     await state.authorizer.check_action(ctx, Action.READ)
     await owning_study(request, ctx, resource, Action.READ)
+    if deid_views.grant_in(ctx) is not None:  # DA-1: the gateway transforms every byte
+        return await deid_views.retrieve(request, ctx, resource)
     headers = request_headers(request.headers)
     headers.pop("content-type", None)
     if resource.transaction in THUMBNAILS or resource.transaction in RENDERED:

@@ -184,6 +184,8 @@ def ports_of(stack: dict[str, Any]) -> list[PortReport]:
             "archive DIMSE (DICOM reaches the archive through the front door, as STOW-RS)",
         ),
     ]
+    if stack.get("emr_url"):  # issue 19: a client application of the demo, not a door
+        entries.append(("emr", *_endpoint(stack["emr_url"]), "EMR simulator (web app)"))
     if stack.get("dimse"):
         entries.append(
             (
@@ -396,8 +398,15 @@ def render(
         "",
         "## 6. De-identification",
         "",
-        "- **Not supported.** No PS3.15 Annex E profile is applied; WADO-URI `anonymize` is "
-        "refused (400). De-identified research views are planned (DA-1, later).",
+        "- **De-identified views (DA-1)** for policy grants with `view: deidentified`: PS3.15 "
+        "Annex E Basic Application Level Confidentiality Profile (Table E.1-1) with the Retain "
+        "Longitudinal Temporal Information with Modified Dates, Retain Patient Characteristics "
+        "and Clean Descriptors options (CID 7050 codes 113100, 113107, 113108, 113105), on "
+        "every QIDO-RS, WADO-RS and WADO-URI answer; UIDs replaced by keyed per-project "
+        "pseudonyms; instances with Burned In Annotation YES or of Secondary Capture classes "
+        "refused (403). Identified callers get the stored objects unchanged.",
+        "- **Not supported.** WADO-URI `anonymize` is refused (400): de-identification is a "
+        "grant of the policy, never a request parameter.",
         "",
         "## 7. Control catalogue",
         "",

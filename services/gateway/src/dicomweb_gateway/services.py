@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from starlette.requests import Request
 
 from .archive import Archive
-from .context import Action, RequestContext
+from .context import Action, Decision, RequestContext
 from .settings import Settings
 from .store import Claim
 
@@ -37,6 +37,8 @@ class AuthorizerPort(Protocol):
     async def check_action(self, ctx: RequestContext, action: Action) -> None: ...
 
     async def check_study(self, ctx: RequestContext, action: Action, uid: str) -> None: ...
+
+    async def decide_study(self, ctx: RequestContext, action: Action, uid: str) -> Decision: ...
 
     async def permitted_studies(
         self, ctx: RequestContext, action: Action, uids: Iterable[str]
@@ -115,6 +117,7 @@ class Services:
     rewriter: UrlRewriter
     replay: Any  # replay.SqlReplayCache: setup(), ping(), close()
     edge_secret: bytes = b""
+    deid: Any = None  # deid.views.DeidService, made on first use (it needs the policy store)
 
 
 def services_of(request: Request) -> Services:

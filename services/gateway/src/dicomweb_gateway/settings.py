@@ -125,6 +125,12 @@ class Edge(_Section):
     access_log: Path | None = None  # the edge's JSON access log, for `edge-audit`
 
 
+class Deidentification(_Section):
+    """De-identified views (DA-1, docs/policy.md): the key of every project's pseudonyms."""
+
+    key_file: FilePath  # generated at `make up` into the run directory, never committed
+
+
 class Tls(_Section):
     cert: FilePath
     key: FilePath
@@ -354,6 +360,7 @@ class Settings(_Section):
     viewer: Viewer = Viewer()
     dimse: Dimse | None = None
     edge: Edge | None = None
+    deidentification: Deidentification | None = None  # DA-1; without it no view is served
 
     @property
     def dicomweb_base(self) -> str:

@@ -52,7 +52,7 @@ REALM_YAML = REPO_ROOT / "idp" / "realm.yaml"
 VIEWER_DIST = REPO_ROOT / "viewer-config" / "node_modules" / "@ohif" / "app" / "dist"
 CONTAINER_UID = 10001  # the containers' user when `make up` runs as root (never root inside)
 IN = "/run/zt"  # where the run directory's parts are mounted in the gateway containers
-DEVICE_CLIENTS = ("modality-ct1", "ai-node", "dicomweb-gateway")
+DEVICE_CLIENTS = ("modality-ct1", "ai-node", "dicomweb-gateway", "emr-simulator")
 # The DIMSE door sees a device on the host through Docker's port publishing, from the `edge`
 # network's gateway address (compose.yaml pins the subnet); a device elsewhere: set its address.
 EDGE_PEER = os.environ.get("ZT_COMPOSE_DEVICE_HOST", "172.30.80.1")
@@ -220,6 +220,8 @@ def render(run: RunDir, ports: Ports, pki: dict[str, Pair]) -> dict[str, str]:
         "ZT_IDP_PORT": str(ports.idp),
         "ZT_DIMSE_PORT": str(ports.dimse),
         "GATEWAY_URL": gateway_url,
+        # The EMR simulator's origin in the realm (issue 19; the native stack runs it).
+        "EMR_URL": f"https://localhost:{ports.emr}",
         "ZT_GATEWAY_DB_PASSWORD": db_password,
         "ZT_ARCHIVE_DB_PASSWORD": ensure_secret(run.secrets / "archive-db-password"),
         "ZT_KEYCLOAK_DB_PASSWORD": ensure_secret(run.secrets / "keycloak-db-password"),

@@ -16,6 +16,7 @@ import yaml
 
 from .errors import StackError
 from .rundir import REPO_ROOT, RunDir
+from .secretfiles import ensure_secret
 
 EXAMPLE = REPO_ROOT / "services" / "gateway" / "settings.example.yaml"
 POLICY_SOURCES = {
@@ -151,6 +152,10 @@ def render(
             "decision_ttl_seconds": edge["decision_ttl_seconds"],
             "access_log": edge["access_log"],
         }
+    # DA-1: the key of the de-identified views' pseudonyms, generated once per run directory.
+    deid_key = run.secrets / "deid-key"
+    ensure_secret(deid_key, 32)
+    settings["deidentification"] = {"key_file": str(deid_key)}
     viewer = settings.get("viewer") or {}
     if viewer.get("dist_dir") and not Path(viewer["dist_dir"]).is_dir():
         viewer["dist_dir"] = None  # OHIF not installed (yet): the gateway serves no viewer

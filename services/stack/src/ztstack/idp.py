@@ -38,7 +38,9 @@ def check_installed() -> str:
     return node
 
 
-def render(run: RunDir, pki: dict[str, Pair], port: int, gateway_url: str) -> Path:
+def render(
+    run: RunDir, pki: dict[str, Pair], port: int, gateway_url: str, emr_url: str | None = None
+) -> Path:
     config = {
         "issuer": issuer(port),
         "host": "127.0.0.1",
@@ -51,6 +53,8 @@ def render(run: RunDir, pki: dict[str, Pair], port: int, gateway_url: str) -> Pa
         "gateway_url": gateway_url,
         "data_dir": str(run.idp / "data"),
     }
+    if emr_url:
+        config["emr_url"] = emr_url  # ${EMR_URL} in the realm (issue 19)
     (run.idp / "data").mkdir(parents=True, exist_ok=True)
     path = run.idp / "config.json"
     path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from . import compose, edge, gateway, idp, orthanc, procs, seed, stackfile
+from . import compose, edge, emr, gateway, idp, orthanc, procs, seed, stackfile
 from .errors import StackError
 from .health import get_ok
 from .pki import Pair, ensure_pki
@@ -27,7 +27,7 @@ from .ports import Ports, check_free, choose
 from .rundir import RunDir
 from .secretfiles import ensure_secret
 
-SERVICES = ["orthanc", "idp", "gateway", "edge", "edge-audit", "gateway-http", "dimse"]
+SERVICES = ["orthanc", "idp", "gateway", "edge", "edge-audit", "gateway-http", "dimse", "emr"]
 
 
 def say(msg: str) -> None:
@@ -112,7 +112,7 @@ def build_services(
         )
     if "idp" in only:
         node = idp.check_installed()
-        config = idp.render(run, pki, ports.idp, gateway_url)
+        config = idp.render(run, pki, ports.idp, gateway_url, emr.url(ports.emr))
         services.append(
             procs.Service(
                 "idp",
@@ -172,6 +172,15 @@ def build_services(
             )
         )
         services += [bridge_service(python, settings, d) for d in gateway.legacy_devices(run)]
+    if "emr" in only:
+        emr_config = emr.render(run, pki, ports.emr, issuer, gateway_url)
+        services.append(
+            procs.Service(
+                "emr",
+                emr.command(emr.check_installed(), emr_config),
+                lambda: get_ok(f"{emr.url(ports.emr)}/healthz", ca),
+            )
+        )
     return services
 
 
@@ -340,6 +349,7 @@ def print_summary(data: dict[str, Any]) -> None:
     lines = [
         "",
         f"  Viewer (OHIF)   {data['viewer_url']}",
+        f"  EMR (simulator) {data.get('emr_url', '-')}  (orders; launches the viewer and Weasis)",
         f"  DICOMweb        {data['dicomweb_url']}",
         f"  Plain HTTP      {data['gateway_http_url']}  (redirects to HTTPS, carries no data)",
         f"  Identity (OIDC) {data['idp_issuer']}",

@@ -39,6 +39,7 @@ LEAVES: dict[str, str] = {
     "gateway": SERVER,
     "idp": SERVER,
     "orthanc": SERVER,
+    "emr": SERVER,  # the EMR simulator (issue 19)
     "gateway-client": CLIENT,
     "modality-ct1": CLIENT,
 }

@@ -19,6 +19,7 @@ class Ports:
     orthanc_http: int = 8042
     orthanc_dicom: int = 4242  # configured but closed: the archive takes no DICOM (DV-4)
     dimse: int = 11112  # the gateway's DIMSE front door, the only DICOM listener
+    emr: int = 8444  # the EMR simulator (issue 19)
 
     def items(self) -> list[tuple[str, int]]:
         return list(asdict(self).items())

@@ -32,6 +32,7 @@ def build(
         "gateway_http_url": f"http://localhost:{ports.gateway_http}",
         "dicomweb_url": f"{gateway_url}/dicom-web",
         "viewer_url": f"{gateway_url}/",
+        "emr_url": f"https://localhost:{ports.emr}",
         "idp_issuer": issuer,
         "resource": gateway_url,
         "ca_cert": str(pki["ca"].cert),

@@ -478,6 +478,12 @@ def _archive(root: ET.Element, who: Participants, event_id: Code, action: str) -
 def _study_objects(ctx: RequestContext) -> list[ET.Element]:
     """Study participant objects (type 2, role 3) then one per patient (type 1, role 1)."""
     objects = [_study(ref) for ref in ctx.studies]
+    note = ctx.extra.get("deidentified")  # DA-1 (deid/views.py): served de-identified
+    if isinstance(note, dict):
+        for obj in objects:
+            detail = ET.Element("ParticipantObjectDetail", type="Deidentified")
+            detail.set("value", _b64(f"PS3.15 Annex E; project {note.get('project')}"))
+            obj.insert(1, detail)  # A.5.1: after the ID type code, before the description
     return objects + _patient_objects(ctx)
 
 

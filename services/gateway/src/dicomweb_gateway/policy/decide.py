@@ -44,6 +44,7 @@ def decide(
 
     if study is not None or action in STUDYLESS:
         allowed: Rule | None = None
+        deidentified: Rule | None = None
         for rule in policy.rules:
             matched, why = _rule_matches(rule, facts)
             if not matched:
@@ -52,9 +53,18 @@ def decide(
                 return Decision(False, (*reasons, *why, f"deny:{rule.id}"))
             if allowed is None:
                 allowed, allow_reasons = rule, why
+            if rule.view == "deidentified" and deidentified is None:
+                deidentified = rule
         if allowed is None:
             return Decision(False, (*reasons, "no-rule-matched"))
         reasons += [*allow_reasons, f"allow:{allowed.id}"]
+        if deidentified is not None:
+            # DA-1: a de-identified grant beats an identified one (the narrower view wins).
+            reasons.append(f"deidentified:{deidentified.id}")
+            decision = _step_up(facts, policy, reasons)
+            decision.deidentified_project = deidentified.project
+            decision.allow_secondary_capture = deidentified.allow_secondary_capture
+            return decision
 
     return _step_up(facts, policy, reasons)
 

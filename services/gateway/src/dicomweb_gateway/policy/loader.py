@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .model import Criteria, Policy
+from ..context import Action
+from .model import Criteria, Policy, Rule
 
 
 class PolicyError(ValueError):
@@ -83,6 +84,7 @@ def _semantic_problems(policy: Policy) -> list[str]:
         check_labels(where, rule)
         for j, exemption in enumerate(rule.unless):
             check_labels(f"{where}.unless.{j}", exemption)
+        problems.extend(f"{where}.{p}" for p in _view_problems(rule))  # DA-1
     for i, requirement in enumerate(policy.step_up):
         where = f"step_up.{i}"
         check_labels(where, requirement)
@@ -90,4 +92,19 @@ def _semantic_problems(policy: Policy) -> list[str]:
             problems.append(f"{where}.acr: {requirement.acr!r} is not in acr_levels")
         if requirement.acr is None and requirement.max_age is None:
             problems.append(f"{where}: needs acr, max_age or both")
+    return problems
+
+
+def _view_problems(rule: Rule) -> list[str]:
+    """A de-identified view is an allow rule for search/read with a project (DA-1)."""
+    if rule.view == "identified":
+        bad = rule.project is not None or rule.allow_secondary_capture
+        return ["project: only with view: deidentified"] if bad else []
+    problems = []
+    if rule.effect != "allow":
+        problems.append("view: deidentified only on allow rules")
+    if rule.project is None:
+        problems.append("project: required with view: deidentified")
+    if rule.actions is None or not set(rule.actions) <= {Action.SEARCH, Action.READ}:
+        problems.append("actions: a de-identified view grants search and read only")
     return problems

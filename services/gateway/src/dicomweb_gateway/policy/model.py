@@ -41,6 +41,11 @@ class Rule(Criteria):
     effect: Literal["allow", "deny"]
     description: str = ""
     unless: tuple[Criteria, ...] = ()
+    # DA-1 (issue 19): an allow rule may grant only a de-identified view (PS3.15 Annex E) with
+    # the keyed pseudonyms of `project`; secondary captures are refused unless allowed here.
+    view: Literal["identified", "deidentified"] = "identified"
+    project: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    allow_secondary_capture: bool = False
 
 
 class StepUp(Criteria):

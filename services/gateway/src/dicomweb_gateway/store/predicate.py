@@ -163,6 +163,8 @@ class _Compiler:
 
 # Fields of a rule or step-up entry that are not criteria.
 _NOT_CRITERIA = frozenset({"id", "effect", "description", "unless", "acr", "max_age"})
+# DA-1: what a rule grants (the view), not whether it matches: no effect on the predicate.
+_NOT_CRITERIA |= {"view", "project", "allow_secondary_capture"}
 
 
 def _uid_in(uids: Iterable[str]) -> Predicate:
