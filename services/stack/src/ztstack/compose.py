@@ -7,9 +7,13 @@ compose needs into `<run>/compose.env` (0600), then runs
     docker compose --project-name zt-<hash> --env-file <run>/compose.env -f compose/compose.yaml
         up --build --wait
 
-and writes the same stack.json (mode `compose`). Any failure of the engine (no compose plugin,
-an image it cannot pull or build, a service that never becomes healthy) is a `ComposeFailed`
-with one line saying why; the launcher decides whether to fall back to native.
+and writes the same stack.json (mode `compose`). With `ZT_COMPOSE_ARCHIVE=dcm4chee` the
+override `compose/dcm4chee.yaml` is added (`-f compose/compose.yaml -f compose/dcm4chee.yaml`):
+dcm4chee-arc-light with its LDAP and PostgreSQL, the gateway on the `dicomweb` adapter. Both
+archives' files are rendered every time, so one compose.env serves either. Any failure of the
+engine (no compose plugin, an image it cannot pull or build, a service that never becomes
+healthy) is a `ComposeFailed` with one line saying why; the launcher decides whether to fall
+back to native.
 """
 
 from __future__ import annotations
@@ -22,18 +26,28 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
 from joserfc.jwk import ECKey
 
 from . import gateway, idp, orthanc
 from .errors import StackError
-from .pki import Pair, ensure_pki, write_private
+from .pki import SERVER, Pair, ensure_ca, ensure_pki, issue_leaf, write_private
 from .ports import Ports
 from .rundir import REPO_ROOT, RunDir
 from .secretfiles import ensure_secret
 
 COMPOSE_FILE = REPO_ROOT / "compose" / "compose.yaml"
+# Archives compose can put behind the gateway: the override file each adds to compose.yaml.
+ARCHIVE_OVERRIDES: dict[str, Path | None] = {
+    "orthanc": None,
+    "dcm4chee": REPO_ROOT / "compose" / "dcm4chee.yaml",
+}
+# dcm4chee-arc's DICOMweb service root for its default AE title (dcm4che/slapd-dcm4chee AE_TITLE).
+DCM4CHEE_ROOT = "https://dcm4chee:8443/dcm4chee-arc/aets/DCM4CHEE/rs"
+DCM4CHEE_UID = 1023  # wildfly, the user Wildfly runs as in dcm4che/dcm4chee-arc-psql
 REALM_YAML = REPO_ROOT / "idp" / "realm.yaml"
 VIEWER_DIST = REPO_ROOT / "viewer-config" / "node_modules" / "@ohif" / "app" / "dist"
 CONTAINER_UID = 10001  # the containers' user when `make up` runs as root (never root inside)
@@ -60,9 +74,31 @@ def env_file(run: RunDir) -> Path:
     return run.root / "compose.env"
 
 
+def archive_marker(run: RunDir) -> Path:
+    return run.root / "compose" / "archive"
+
+
+def chosen_archive(run: RunDir | None = None) -> str:
+    """The archive of this run: the one `up` recorded, else `ZT_COMPOSE_ARCHIVE` (orthanc)."""
+    if run is not None and archive_marker(run).is_file():
+        return archive_marker(run).read_text(encoding="utf-8").strip()
+    name = os.environ.get("ZT_COMPOSE_ARCHIVE", "orthanc")
+    if name not in ARCHIVE_OVERRIDES:
+        known = ", ".join(ARCHIVE_OVERRIDES)
+        raise StackError(f"ZT_COMPOSE_ARCHIVE={name!r} is not one of {known}",
+                         "unset it (orthanc) or set it to dcm4chee")  # fmt: skip
+    return name
+
+
+def compose_files(archive: str) -> list[Path]:
+    override = ARCHIVE_OVERRIDES[archive]
+    return [COMPOSE_FILE, *([override] if override else [])]
+
+
 def command(run: RunDir, *args: str) -> list[str]:
+    files = [a for f in compose_files(chosen_archive(run)) for a in ("-f", str(f))]
     return ["docker", "compose", "--project-name", project(run), "--env-file",
-            str(env_file(run)), "-f", str(COMPOSE_FILE), *args]  # fmt: skip
+            str(env_file(run)), *files, *args]  # fmt: skip
 
 
 def _device_jwks(run: RunDir) -> dict[str, str]:
@@ -164,12 +200,15 @@ def render(run: RunDir, ports: Ports, pki: dict[str, Pair]) -> dict[str, str]:
     for key in ("Plugins",):
         native.pop(key, None)
     write_private(base / "orthanc" / "zt.json", json.dumps(native, indent=2).encode())
+    keystore_password = ensure_secret(run.secrets / "dcm4chee-keystore-password")
+    _render_dcm4chee(run, base, settings, keystore_password)
     uid = os.getuid() or CONTAINER_UID
     gid = os.getgid() if os.getuid() else CONTAINER_UID
     if os.getuid() == 0:  # files stay 0600; the (non-root) container user must own them
         for path in [run.pki, run.secrets, base, *run.pki.rglob("*"), *run.secrets.rglob("*"),
                      *base.rglob("*")]:  # fmt: skip
             os.chown(path, uid, gid)
+    _dcm4chee_readable(base)
     variables = {
         "ZT_UID": str(uid),
         "ZT_GID": str(gid),
@@ -187,6 +226,12 @@ def render(run: RunDir, ports: Ports, pki: dict[str, Pair]) -> dict[str, str]:
         "ZT_ARCHIVE_DB_PASSWORD": ensure_secret(run.secrets / "archive-db-password"),
         "ZT_KEYCLOAK_DB_PASSWORD": ensure_secret(run.secrets / "keycloak-db-password"),
         "ZT_KEYCLOAK_ADMIN_PASSWORD": ensure_secret(run.secrets / "keycloak-admin-password"),
+        "ZT_DCM4CHEE_DB_PASSWORD": ensure_secret(run.secrets / "dcm4chee-db-password"),
+        "ZT_DCM4CHEE_LDAP_PASSWORD": ensure_secret(run.secrets / "dcm4chee-ldap-password"),
+        "ZT_DCM4CHEE_LDAP_CONFIG_PASSWORD": ensure_secret(
+            run.secrets / "dcm4chee-ldap-config-password"
+        ),
+        "ZT_DCM4CHEE_KEYSTORE_PASSWORD": keystore_password,
         **_device_jwks(run),
     }
     for name, user in _users(run).items():
@@ -195,6 +240,53 @@ def render(run: RunDir, ports: Ports, pki: dict[str, Pair]) -> dict[str, str]:
     lines = [f"{k}={v}" for k, v in variables.items()]
     write_private(env_file(run), ("\n".join(lines) + "\n").encode())
     return variables
+
+
+def _render_dcm4chee(
+    run: RunDir, base: Path, settings: dict[str, Any], keystore_password: str
+) -> None:
+    """The gateway's settings for dcm4chee (`dicomweb` adapter, same pinned client certificate)
+    and Wildfly's two PKCS#12 stores: key.p12 (the CA-signed server certificate `dcm4chee`) and
+    trust.p12 (the gateway's pinned client certificate alone, as a Java trusted entry)."""
+    gw = base / "gateway-dcm4chee"
+    gw.mkdir(parents=True, exist_ok=True)
+    for name in ("policy.yaml", "ingest-rules.yaml"):
+        (gw / name).write_bytes((base / "gateway" / name).read_bytes())
+    ours = json.loads(json.dumps(settings))
+    ours["archive"]["kind"] = "dicomweb"
+    ours["archive"]["url"] = DCM4CHEE_ROOT
+    write_private(gw / "settings.yaml", yaml.safe_dump(ours, sort_keys=False).encode())
+    ca_cert, ca_key, _ = ensure_ca(run.pki)
+    server = issue_leaf(run.pki, "dcm4chee", SERVER, ca_cert, ca_key)
+    key = serialization.load_pem_private_key(server.key.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    cert = x509.load_pem_x509_certificate(server.cert.read_bytes())
+    client = x509.load_pem_x509_certificate((run.pki / "gateway-client.pem").read_bytes())
+    encryption = serialization.BestAvailableEncryption(keystore_password.encode())
+    tls = base / "dcm4chee" / "tls"
+    tls.mkdir(parents=True, exist_ok=True)
+    stores = {
+        "key.p12": pkcs12.serialize_key_and_certificates(
+            b"dcm4chee", key, cert, [ca_cert], encryption
+        ),
+        "trust.p12": pkcs12.serialize_java_truststore(
+            [pkcs12.PKCS12Certificate(client, b"gateway-client")], encryption
+        ),
+    }
+    for name, data in stores.items():
+        write_private(tls / name, data)
+
+
+def _dcm4chee_readable(base: Path) -> None:
+    """Wildfly reads its stores as `wildfly` (1023): owned by it when `make up` runs as root;
+    otherwise readable by all, which the stores' encryption (the password is only in
+    compose.env, 0600) and the owner-only secrets beside it cover."""
+    tls = base / "dcm4chee" / "tls"
+    for path in (tls, *tls.iterdir()):
+        if os.getuid() == 0:
+            os.chown(path, DCM4CHEE_UID, DCM4CHEE_UID)
+        else:
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def _one_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -207,7 +299,9 @@ def up(run: RunDir, ports: Ports, timeout: float = 900) -> dict[str, Any]:
     """Start the compose stack and return stack.json's content (mode `compose`)."""
     pki = ensure_pki(run.pki)
     gateway.copy_policy(run)
+    archive = chosen_archive()
     render(run, ports, pki)
+    archive_marker(run).write_text(archive + "\n", encoding="utf-8")
     log = run.log("compose")
     try:
         done = subprocess.run(
@@ -230,6 +324,14 @@ def down(run: RunDir) -> int:
         return 0
     done = subprocess.run(command(run, "down"), capture_output=True, text=True, check=False)
     return done.returncode
+
+
+def _archive_address(archive: str) -> dict[str, Any]:
+    if archive == "dcm4chee":  # its DICOM port is configured on loopback (compose/dcm4chee.yaml)
+        return {"http_url": DCM4CHEE_ROOT, "dicom_host": "dcm4chee", "dicom_port": 11112,
+                "aet": "DCM4CHEE"}  # fmt: skip
+    return {"http_url": "https://orthanc:8042", "dicom_host": "orthanc", "dicom_port": 4242,
+            "aet": orthanc.AET}  # fmt: skip
 
 
 def stack_data(run: RunDir, ports: Ports, pki: dict[str, Pair]) -> dict[str, Any]:
@@ -256,11 +358,8 @@ def stack_data(run: RunDir, ports: Ports, pki: dict[str, Pair]) -> dict[str, Any
         "resource": gateway_url,
         "ca_cert": str(pki["ca"].cert),
         "archive": {
-            # Inside the `archive` network only: nothing on the host reaches it (NW-3).
-            "http_url": "https://orthanc:8042",
-            "dicom_host": "orthanc",
-            "dicom_port": 4242,
-            "aet": orthanc.AET,
+            # Inside an internal network only: nothing on the host reaches it (NW-3).
+            **_archive_address(chosen_archive(run)),
             "request_log": None,
             "gateway_client_cert": str(pki["gateway-client"].cert),
             "gateway_client_key": str(pki["gateway-client"].key),

@@ -49,6 +49,7 @@ CONTAINER_NAMES: dict[str, list[str]] = {
     "gateway": ["gateway"],
     "idp": ["keycloak"],
     "orthanc": ["orthanc"],
+    "dcm4chee": ["dcm4chee"],  # issued by compose.render only (compose/dcm4chee.yaml)
 }
 
 
