@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -121,6 +122,25 @@ def phantom(modality: str, slice_index: int, variant: int) -> np.ndarray:
     return np.clip(img * 2000 + 50, 0, 4095).astype(np.uint16)
 
 
+def study_attributes(s: Study) -> dict[str, Any]:
+    """The patient and study attributes every instance of s carries (also volume.py's)."""
+    return {
+        "SpecificCharacterSet": "ISO_IR 100",
+        "StudyDate": STUDY_DATE,
+        "SeriesDate": STUDY_DATE,
+        "ContentDate": STUDY_DATE,
+        "AccessionNumber": s.accession_number,
+        "Manufacturer": "ZT demo",
+        "InstitutionName": s.patient.institution,
+        "ReferringPhysicianName": "Referrer^Demo",
+        "StudyDescription": s.description,
+        "PatientName": s.patient.name,
+        "PatientBirthDate": s.patient.birth_date,
+        "PatientSex": s.patient.sex,
+        "BodyPartExamined": s.body_part,
+    }
+
+
 def instance(s: Study, number: int) -> Dataset:
     """One image of study s (number 1..SLICES), a complete CT/MR Image IOD subset."""
     variant = STUDIES.index(s)
@@ -135,20 +155,11 @@ def instance(s: Study, number: int) -> Dataset:
         columns=COLUMNS,
         bits=16,
         pixels=phantom(s.modality, number - 1, variant).tobytes(),
+        **study_attributes(s),
     )
-    ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = STUDY_DATE
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "093000"
-    ds.AccessionNumber = s.accession_number
-    ds.Manufacturer = "ZT demo"
-    ds.InstitutionName = s.patient.institution
-    ds.ReferringPhysicianName = "Referrer^Demo"
-    ds.StudyDescription = s.description
     ds.SeriesDescription = f"{s.description} axial"
-    ds.PatientName = s.patient.name
-    ds.PatientBirthDate = s.patient.birth_date
-    ds.PatientSex = s.patient.sex
     if s.trial_protocol_id:
         ds.ClinicalTrialSponsorName = "ZT Research"
         ds.ClinicalTrialProtocolID = s.trial_protocol_id
@@ -156,7 +167,6 @@ def instance(s: Study, number: int) -> Dataset:
         ds.ClinicalTrialSiteID = "NORTH"
         ds.ClinicalTrialSiteName = NORTH
         ds.ClinicalTrialSubjectID = s.patient.patient_id
-    ds.BodyPartExamined = s.body_part
     ds.SliceThickness = "5"
     ds.StudyID = s.key[:16]
     ds.SeriesNumber = 1

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, generate_uid
 
 from . import dicom_objects
-from .demo_data import ALICE, STUDY_DATE, Study
+from .demo_data import ALICE, Study, study_attributes
 
 SIZE = 512
 SLICES = 320
@@ -94,20 +94,10 @@ def _image(
         rows=SIZE,
         bits=16,
         pixels=pixels,
+        **study_attributes(s),
     )
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = STUDY_DATE
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "101500"
-    ds.AccessionNumber = s.accession_number
-    ds.Manufacturer = "ZT demo"
-    ds.InstitutionName = s.patient.institution
-    ds.ReferringPhysicianName = "Referrer^Demo"
-    ds.StudyDescription = s.description
     ds.SeriesDescription = description
-    ds.PatientName = s.patient.name
-    ds.PatientBirthDate = s.patient.birth_date
-    ds.PatientSex = s.patient.sex
-    ds.BodyPartExamined = s.body_part
     ds.StudyID = "VOLUME"
     ds.InstanceNumber = number
     ds.FrameOfReferenceUID = _uid("frame-of-reference")
