@@ -275,14 +275,14 @@ class Fronts:
 
 def bench_instance() -> tuple[str, bytes]:
     from pydicom.uid import generate_uid
-    from ztstack import demo_data, volume
+    from ztstack import dicom_objects, volume
 
     ds = volume.axial(160)
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.StudyInstanceUID = BENCH_STUDY
     ds.SeriesInstanceUID = BENCH_STUDY + ".1"
     ds.PatientID, ds.PatientName = "ZT-BENCH", "Bench^Mark"
-    data = demo_data.encode(ds)
+    data = dicom_objects.part10(ds)
     boundary = "bench-" + generate_uid()[-12:]
     body = (
         f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()

@@ -22,7 +22,6 @@ gateway is a dedicated one (the run's settings with the rate limit raised), on a
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -42,8 +41,7 @@ from typing import Any
 import httpx
 import pydicom
 import yaml
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from ztstack import dicom_objects
 
 REPO = Path(__file__).resolve().parent.parent
 SITES = ("North General Hospital", "South Valley Clinic")
@@ -97,19 +95,7 @@ def permitted_share(user: str, n_total: int) -> int:
 
 
 def template() -> pydicom.Dataset:
-    ds = pydicom.Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.Rows = ds.Columns = 8
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = bytes(64)
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
+    return dicom_objects.instance(rows=8, modality=None)
 
 
 def instance(ds: pydicom.Dataset, n: int) -> bytes:
@@ -129,9 +115,7 @@ def instance(ds: pydicom.Dataset, n: int) -> bytes:
         ds.ClinicalTrialProtocolID = "TRIAL-42"
     elif "ClinicalTrialProtocolID" in ds:
         del ds.ClinicalTrialProtocolID
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return dicom_objects.part10(ds)
 
 
 # ------------------------------------------------------------------ stack and processes

@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from ztstack.dicom_objects import CT_IMAGE, instance, part10
 
 pytestmark = pytest.mark.e2e
 
@@ -104,24 +104,15 @@ def _device_cert(stack: dict[str, Any]) -> tuple[str, str]:
 
 def _probe_dataset() -> Dataset:
     """A minimal CT image with a fresh UID, so "stored" is a yes/no question for the archive."""
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "ZT-DV1-PROBE"
-    ds.PatientName = "Probe^DV1"
-    ds.Modality = "CT"
-    ds.Rows = ds.Columns = 2
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = b"\x00\x01" * 4
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
+    return instance(
+        patient_id="ZT-DV1-PROBE",
+        sop_class=CT_IMAGE,
+        modality="CT",
+        rows=2,
+        bits=16,
+        pixels=b"\x00\x01" * 4,
+        PatientName="Probe^DV1",
+    )
 
 
 def _stored(stack: dict[str, Any], sop_instance_uid: str) -> bool:
@@ -159,7 +150,7 @@ def test_unknown_peer_refused(
     cert = _device_cert(stack) if cert_name == "device" else None
     probe = _probe_dataset()
     file = tmp_path / "probe.dcm"
-    probe.save_as(file, enforce_file_format=True)
+    file.write_bytes(part10(probe))
     mark = archive_log.mark()
     out = _dimse(stack, calling, cert, tls, service, file)
     # Refused at the association (rejected, aborted, TLS failure) or, at the latest, the

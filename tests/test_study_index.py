@@ -9,7 +9,6 @@ they become searchable within the stated bound (docs/policy.md, "Study index").
 
 from __future__ import annotations
 
-import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,8 +17,7 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from ztstack.dicom_objects import instance, part10
 
 from tests.conftest import ca_context
 from tests.test_authorization import CALLERS, STUDIES, Caller, bearer, send, token_for
@@ -40,12 +38,7 @@ def synthetic(n: int) -> tuple[pydicom.Dataset, dict[str, Any]]:
     site = ("north", "south", "none")[n % 3]
     trial = n % 5 == 0
     patient = "ZT-P004" if n % 11 == 0 else "ZT-P001" if n % 7 == 0 else f"ZT-IDX-{n:04d}"
-    ds = pydicom.Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = patient
+    ds = instance(patient_id=patient, modality=("CT", "MR", "OT")[n % 3], rows=8)
     ds.PatientName = f"Index^Patient{n:04d}"
     ds.InstitutionName = SITES[site]
     if trial:
@@ -54,19 +47,6 @@ def synthetic(n: int) -> tuple[pydicom.Dataset, dict[str, Any]]:
     ds.StudyTime = f"{n % 24:02d}{n % 60:02d}00"
     ds.AccessionNumber = f"IDX{n:05d}"
     ds.StudyDescription = f"index study {n}"
-    ds.Modality = ("CT", "MR", "OT")[n % 3]
-    ds.Rows = ds.Columns = 8
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = bytes(64)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
     facts = {"n": n, "site": site, "trial": trial, "patient": patient, "date": ds.StudyDate}
     return ds, facts
 
@@ -95,9 +75,7 @@ def loaded(stack: dict[str, Any]) -> dict[str, dict[str, Any]]:
     files = []
     for n in range(N_STUDIES):
         ds, facts = synthetic(n)
-        out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True)
-        files.append(out.getvalue())
+        files.append(part10(ds))
         studies[ds.StudyInstanceUID] = facts | {"series": ds.SeriesInstanceUID}
     context = ca_context(stack, (archive["gateway_client_cert"], archive["gateway_client_key"]))
     with httpx.Client(

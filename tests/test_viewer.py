@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import io
 import json
 import ssl
 import time
@@ -32,7 +31,9 @@ from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwrigh
 from playwright.sync_api import Error as PlaywrightError
 from pydicom.uid import generate_uid
 from ztstack import demo_data
+from ztstack.dicom_objects import file_meta, part10
 
+from tests.dicom_parts import multipart
 from tests.identity_fixtures import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.e2e]
@@ -389,26 +390,17 @@ def stow_restricted_study(stack: dict[str, Any], https: Any, tokens: Any) -> str
         generate_uid(),
         generate_uid(),
     )
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    file_meta(ds)
     ds.AccessionNumber = "ZT-E2E-" + uuid.uuid4().hex[:8]
     ds.ConfidentialityCode = "R"
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    boundary = uuid.uuid4().hex
-    body = b"".join(
-        (
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
-            buf.getvalue(),
-            f"\r\n--{boundary}--\r\n".encode(),
-        )
-    )
+    content_type, body = multipart([part10(ds)])
     modality = tokens.device("modality-ct1", "system/ImagingStudy.c")
     stored = https.post(
         f"{stack['dicomweb_url']}/studies",
         content=body,
         headers={
             "Authorization": f"Bearer {modality.access_token}",
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Content-Type": content_type,
             "Accept": "application/dicom+json",
         },
     )
@@ -748,27 +740,18 @@ def test_worklist_search_for_an_apostrophe_name(viewer: Session, https: Any, tok
         generate_uid(),
         generate_uid(),
     )
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    file_meta(ds)
     ds.PatientID = "ZT-E2E-OB-" + uuid.uuid4().hex[:6]
     ds.PatientName = "O'Brien^Siobhan"
     ds.AccessionNumber = "ZT-OB-" + uuid.uuid4().hex[:8]
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    boundary = uuid.uuid4().hex
-    body = b"".join(
-        (
-            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode(),
-            buf.getvalue(),
-            f"\r\n--{boundary}--\r\n".encode(),
-        )
-    )
+    content_type, body = multipart([part10(ds)])
     modality = tokens.device("modality-ct1", "system/ImagingStudy.c")
     stored = https.post(
         f"{stack['dicomweb_url']}/studies",
         content=body,
         headers={
             "Authorization": f"Bearer {modality.access_token}",
-            "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+            "Content-Type": content_type,
         },
     )
     assert stored.status_code == 200, stored.text

@@ -27,8 +27,7 @@ from dicomweb_gateway.settings import Settings, parse_settings
 from dicomweb_gateway.store import Claim
 from joserfc import jws
 from joserfc.jwk import ECKey
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from ztstack import dicom_objects
 
 PUBLIC_URL = "https://gateway.test:8443"
 ISSUER = "https://idp.test:9443/realms/dicomweb"
@@ -202,34 +201,15 @@ def dicom_file(
     preamble: bytes | None = None,
     pixel: bytes = bytes(range(16)),
 ) -> bytes:
-    ds = pydicom.Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.SOPInstanceUID = sop or generate_uid()
-    ds.StudyInstanceUID = study or generate_uid()
-    ds.SeriesInstanceUID = series or generate_uid()
-    ds.PatientID = patient_id
-    ds.PatientName = "North^Alice"
-    ds.Modality = "OT"
-    ds.Rows = 4
-    ds.Columns = 4
-    ds.BitsAllocated = 8
-    ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.PixelData = pixel
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    data = out.getvalue()
-    if preamble is not None:
-        data = preamble.ljust(128, b"\0")[:128] + data[128:]
-    return data
+    ds = dicom_objects.instance(
+        study=study,
+        series=series,
+        sop=sop,
+        patient_id=patient_id,
+        pixels=pixel,
+        PatientName="North^Alice",
+    )
+    return dicom_objects.part10(ds, preamble)
 
 
 def multipart(parts: list[bytes], boundary: str = "XyZ123") -> tuple[str, bytes]:
@@ -241,7 +221,7 @@ def multipart(parts: list[bytes], boundary: str = "XyZ123") -> tuple[str, bytes]
     return f'multipart/related; type="application/dicom"; boundary={boundary}', body
 
 
-PE_PREAMBLE = b"MZ" + bytes(0x3A) + (0x40).to_bytes(4, "little") + b"PE\0\0"
+PE_PREAMBLE = dicom_objects.PE_PREAMBLE
 
 
 # ---------------------------------------------------------------- archive

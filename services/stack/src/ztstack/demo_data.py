@@ -3,24 +3,21 @@
 4 patients, 8 studies, one CT or MR series each with a few slices of a synthetic phantom (real,
 non-uniform 16-bit pixel data that OHIF can window). Every UID derives from fixed entropy, so
 the seed, the realm, the policy and the tests agree on them without sharing state. Files are
-Explicit VR Little Endian with an all-zero 128-byte preamble (PS3.10 section 7.1).
+Explicit VR Little Endian with an all-zero 128-byte preamble (PS3.10 section 7.1), built and
+encoded by ztstack.dicom_objects.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    MRImageStorage,
-    generate_uid,
-)
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
+
+from . import dicom_objects
 
 ROWS = COLUMNS = 128
 SLICES = 4
@@ -125,27 +122,44 @@ def phantom(modality: str, slice_index: int, variant: int) -> np.ndarray:
     return np.clip(img * 2000 + 50, 0, 4095).astype(np.uint16)
 
 
+def study_attributes(s: Study) -> dict[str, Any]:
+    """The patient and study attributes every instance of s carries (also volume.py's)."""
+    return {
+        "SpecificCharacterSet": "ISO_IR 100",
+        "StudyDate": STUDY_DATE,
+        "SeriesDate": STUDY_DATE,
+        "ContentDate": STUDY_DATE,
+        "AccessionNumber": s.accession_number,
+        "Manufacturer": "ZT demo",
+        "InstitutionName": s.patient.institution,
+        "ReferringPhysicianName": "Referrer^Demo",
+        "StudyDescription": s.description,
+        "PatientName": s.patient.name,
+        "PatientBirthDate": s.patient.birth_date,
+        "PatientSex": s.patient.sex,
+        "BodyPartExamined": s.body_part,
+    }
+
+
 def instance(s: Study, number: int) -> Dataset:
     """One image of study s (number 1..SLICES), a complete CT/MR Image IOD subset."""
-    sop_class = CTImageStorage if s.modality == "CT" else MRImageStorage
-    ds = Dataset()
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = s.sop_instance_uid(number)
-    ds.SpecificCharacterSet = "ISO_IR 100"
+    variant = STUDIES.index(s)
+    ds = dicom_objects.instance(
+        study=s.study_instance_uid,
+        series=s.series_instance_uid,
+        sop=s.sop_instance_uid(number),
+        patient_id=s.patient.patient_id,
+        sop_class=CTImageStorage if s.modality == "CT" else MRImageStorage,
+        modality=s.modality,
+        rows=ROWS,
+        columns=COLUMNS,
+        bits=16,
+        pixels=phantom(s.modality, number - 1, variant).tobytes(),
+        **study_attributes(s),
+    )
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = STUDY_DATE
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "093000"
-    ds.AccessionNumber = s.accession_number
-    ds.Modality = s.modality
-    ds.Manufacturer = "ZT demo"
-    ds.InstitutionName = s.patient.institution
-    ds.ReferringPhysicianName = "Referrer^Demo"
-    ds.StudyDescription = s.description
     ds.SeriesDescription = f"{s.description} axial"
-    ds.PatientName = s.patient.name
-    ds.PatientID = s.patient.patient_id
-    ds.PatientBirthDate = s.patient.birth_date
-    ds.PatientSex = s.patient.sex
     if s.trial_protocol_id:
         ds.ClinicalTrialSponsorName = "ZT Research"
         ds.ClinicalTrialProtocolID = s.trial_protocol_id
@@ -153,10 +167,7 @@ def instance(s: Study, number: int) -> Dataset:
         ds.ClinicalTrialSiteID = "NORTH"
         ds.ClinicalTrialSiteName = NORTH
         ds.ClinicalTrialSubjectID = s.patient.patient_id
-    ds.BodyPartExamined = s.body_part
     ds.SliceThickness = "5"
-    ds.StudyInstanceUID = s.study_instance_uid
-    ds.SeriesInstanceUID = s.series_instance_uid
     ds.StudyID = s.key[:16]
     ds.SeriesNumber = 1
     ds.InstanceNumber = number
@@ -165,24 +176,14 @@ def instance(s: Study, number: int) -> Dataset:
     ds.ImagePositionPatient = [-128, -128, 5 * (number - 1)]
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.SliceLocation = 5 * (number - 1)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = ROWS, COLUMNS
     ds.PixelSpacing = [2, 2]
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    variant = STUDIES.index(s)
-    pixels = phantom(s.modality, number - 1, variant)
     if s.modality == "CT":
-        ds.PixelRepresentation = 0
         ds.RescaleIntercept = "-1024"
         ds.RescaleSlope = "1"
         ds.RescaleType = "HU"
         ds.KVP = "120"
         ds.WindowCenter, ds.WindowWidth = "40", "400"
     else:
-        ds.PixelRepresentation = 0
         ds.ScanningSequence = "SE"
         ds.SequenceVariant = "NONE"
         ds.ScanOptions = ""
@@ -191,21 +192,7 @@ def instance(s: Study, number: int) -> Dataset:
         ds.RepetitionTime = "500"
         ds.MagneticFieldStrength = "1.5"
         ds.WindowCenter, ds.WindowWidth = "1000", "2000"
-    ds.PixelData = pixels.tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.preamble = b"\0" * 128
     return ds
-
-
-def encode(ds: Dataset) -> bytes:
-    """Part 10 bytes: zero preamble, 'DICM', meta group, Explicit VR Little Endian."""
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def instances() -> Iterator[tuple[Study, int, Dataset]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from . import demo_data, volume
+from . import demo_data, dicom_objects, volume
 from .errors import StackError
 from .health import tls_context
 
@@ -36,7 +36,7 @@ def seed(
             if any(hit.get("Type") == "Study" for hit in found.json()):
                 continue
             for number in range(1, demo_data.SLICES + 1):
-                body = demo_data.encode(demo_data.instance(s, number))
+                body = dicom_objects.part10(demo_data.instance(s, number))
                 r = client_.post(
                     "/instances", content=body, headers={"Content-Type": "application/dicom"}
                 )
@@ -61,7 +61,7 @@ def _seed_volume(client: httpx.Client) -> int:
         return 0
 
     def upload(ds: object) -> None:
-        body = demo_data.encode(ds)  # type: ignore[arg-type]
+        body = dicom_objects.part10(ds)  # type: ignore[arg-type]
         r = client.post("/instances", content=body, headers={"Content-Type": "application/dicom"})
         if r.status_code != 200:
             raise StackError(

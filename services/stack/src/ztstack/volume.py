@@ -14,15 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    generate_uid,
-)
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, generate_uid
 
-from .demo_data import ALICE, STUDY_DATE, Study
+from . import dicom_objects
+from .demo_data import ALICE, Study, study_attributes
 
 SIZE = 512
 SLICES = 320
@@ -84,54 +80,45 @@ def stored(slice_index: int) -> np.ndarray:
     return values
 
 
-def _common(ds: Dataset, series: str, number: int, description: str) -> None:
+def _image(
+    sop_class: str, sop: str, series: str, number: int, description: str, pixels: bytes
+) -> Dataset:
     s = VOLUME
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = STUDY_DATE
+    ds = dicom_objects.instance(
+        study=s.study_instance_uid,
+        series=series,
+        sop=sop,
+        patient_id=s.patient.patient_id,
+        sop_class=sop_class,
+        modality="CT",
+        rows=SIZE,
+        bits=16,
+        pixels=pixels,
+        **study_attributes(s),
+    )
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "101500"
-    ds.AccessionNumber = s.accession_number
-    ds.Modality = "CT"
-    ds.Manufacturer = "ZT demo"
-    ds.InstitutionName = s.patient.institution
-    ds.ReferringPhysicianName = "Referrer^Demo"
-    ds.StudyDescription = s.description
     ds.SeriesDescription = description
-    ds.PatientName = s.patient.name
-    ds.PatientID = s.patient.patient_id
-    ds.PatientBirthDate = s.patient.birth_date
-    ds.PatientSex = s.patient.sex
-    ds.BodyPartExamined = s.body_part
-    ds.StudyInstanceUID = s.study_instance_uid
-    ds.SeriesInstanceUID = series
     ds.StudyID = "VOLUME"
     ds.InstanceNumber = number
     ds.FrameOfReferenceUID = _uid("frame-of-reference")
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ds.Columns = SIZE
     ds.PixelSpacing = [PIXEL_MM, PIXEL_MM]
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
     ds.WindowCenter, ds.WindowWidth = ["40", "600"], ["80", "2800"]  # brain, bone
-
-
-def _meta(ds: Dataset) -> None:
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.preamble = b"\0" * 128
+    return ds
 
 
 def axial(number: int) -> Dataset:
     """Slice `number` (1..SLICES), head first from the top: a CT Image IOD subset."""
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
     # The demo data's UID conventions (Study.series_instance_uid, sop_instance_uid), so tests
     # address this study like every other demo study.
-    ds.SOPInstanceUID = VOLUME.sop_instance_uid(number)
-    _common(ds, VOLUME.series_instance_uid, number, "CT head axial 0.6 mm")
+    ds = _image(
+        CTImageStorage,
+        VOLUME.sop_instance_uid(number),
+        VOLUME.series_instance_uid,
+        number,
+        "CT head axial 0.6 mm",
+        stored(number - 1).tobytes(),
+    )
     ds.SeriesNumber = 1
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.KVP = "120"
@@ -141,25 +128,25 @@ def axial(number: int) -> Dataset:
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.SliceLocation = z
     ds.PositionReferenceIndicator = ""
-    ds.PixelData = stored(number - 1).tobytes()
-    _meta(ds)
     return ds
 
 
 def multiframe() -> Dataset:
     """One instance of FRAMES frames (every fifth slice) for frame-batch retrieval."""
-    ds = Dataset()
-    ds.SOPClassUID = MULTIFRAME_SOP_CLASS
-    ds.SOPInstanceUID = _uid("multiframe")
-    _common(ds, _uid("series", "multiframe"), 1, "CT head multi-frame")
+    ds = _image(
+        MULTIFRAME_SOP_CLASS,
+        _uid("multiframe"),
+        _uid("series", "multiframe"),
+        1,
+        "CT head multi-frame",
+        b"".join(stored(5 * i).tobytes() for i in range(FRAMES)),
+    )
     ds.SeriesNumber = 2
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.ConversionType = "WSD"
     ds.NumberOfFrames = FRAMES
     ds.FrameIncrementPointer = 0x00181063  # Frame Time
     ds.FrameTime = "100"
-    ds.PixelData = b"".join(stored(5 * i).tobytes() for i in range(FRAMES))
-    _meta(ds)
     return ds
 
 
