@@ -153,13 +153,22 @@ class Authorizer:
         self, ctx: RequestContext, action: Action, study_instance_uids: Iterable[str]
     ) -> set[str]:
         """The subset of studies this caller may see (QIDO filtering); never raises."""
+        decisions = await self.decide_studies(ctx, action, study_instance_uids)
+        return {uid for uid, decision in decisions.items() if decision.allow}
+
+    async def decide_studies(
+        self, ctx: RequestContext, action: Action, study_instance_uids: Iterable[str]
+    ) -> dict[str, Decision]:
+        """`decide_study` for many studies at once: one read of their facts and of the
+        caller's grants, and decide() once per distinct set of facts."""
         uids = set(study_instance_uids)
         principal = ctx.principal
         if principal is None or not uids:
-            return set()
+            return dict.fromkeys(uids, Decision(False, ("unauthenticated",)))
         now = self.clock()
-        if not decide(principal, action, None, self.policy, now).allow:
-            return set()
+        gate = decide(principal, action, None, self.policy, now)
+        if not gate.allow:
+            return dict.fromkeys(uids, gate)
         studies = await self._studies(uids)
         grants = await self._grants(ctx)
         narrowed = principal.study_scopes
@@ -167,17 +176,16 @@ class Authorizer:
         # distinct set of facts. A criterion reads the study UID only through break-glass
         # grants and `study:` scopes (policy/criteria/break_glass.py, study_scope.py), so both
         # are part of the key; everything else a criterion reads is in StudyFacts.
-        memo: dict[tuple[object, ...], bool] = {}
-        allowed: set[str] = set()
+        memo: dict[tuple[object, ...], Decision] = {}
+        out: dict[str, Decision] = {}
         for uid, facts in studies.items():
             key = (facts.labels, facts.patient_id, facts.known, uid in grants, uid in narrowed)
-            verdict = memo.get(key)
-            if verdict is None:
-                verdict = decide(principal, action, facts, self.policy, now, grants).allow
-                memo[key] = verdict
-            if verdict:
-                allowed.add(uid)
-        return allowed
+            decision = memo.get(key)
+            if decision is None:
+                decision = decide(principal, action, facts, self.policy, now, grants)
+                memo[key] = decision
+            out[uid] = decision
+        return out
 
     # ------------------------------------------------------------------ the study index
 
