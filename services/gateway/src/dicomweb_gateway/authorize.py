@@ -189,9 +189,20 @@ class Authorizer:
 
     # ------------------------------------------------------------------ the study index
 
-    def compiled(self, ctx: RequestContext, action: Action, grants: Iterable[str]) -> Predicate:
+    async def _rare(self) -> frozenset[str]:
+        """The index's rare labels (the predicate's plan only: never what it selects)."""
+        rare: frozenset[str] = await self.index.rare_labels()
+        return rare
+
+    def compiled(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        grants: Iterable[str],
+        rare_labels: frozenset[str] = frozenset(),
+    ) -> Predicate:
         """The policy as a SQL predicate for this caller; raises `NotCompilable`."""
-        return compile_policy(self.policy, ctx.principal, action, self.clock(), grants)
+        return compile_policy(self.policy, ctx.principal, action, self.clock(), grants, rare_labels)
 
     @staticmethod
     def residual_keys(matches: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -221,7 +232,7 @@ class Authorizer:
             return []
         grants = await self._grants(ctx)
         try:
-            predicate = self.compiled(ctx, action, grants)
+            predicate = self.compiled(ctx, action, grants, await self._rare())
         except NotCompilable as exc:
             log.warning("policy does not compile to SQL (%s): decide() over the index", exc)
             page: list[str] = []
@@ -257,7 +268,7 @@ class Authorizer:
             return 0
         grants = await self._grants(ctx)
         try:
-            predicate = self.compiled(ctx, action, grants)
+            predicate = self.compiled(ctx, action, grants, await self._rare())
         except NotCompilable:
             return None
         return await self.index.count_matching(predicate, matches, fuzzy)
@@ -284,7 +295,9 @@ class Authorizer:
             return
         grants = await self._grants(ctx)
         try:
-            predicate: Predicate = self.compiled(ctx, action, grants)
+            predicate: Predicate = self.compiled(
+                ctx, action, grants, await self.index.rare_labels()
+            )
         except NotCompilable:
             predicate = True
         narrowed = principal.study_scopes
