@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from dicomweb_gateway.archive.orthanc import OrthancSource
@@ -131,6 +132,32 @@ async def test_permitted_studies_filters(setup: tuple[Authorizer, FakeOrthanc]) 
     no_scope = principal("openid", "clinician", "/site-north")
     assert await authorizer.permitted_studies(ctx(no_scope), Action.SEARCH, everything) == set()
     assert await authorizer.permitted_studies(ctx(None), Action.SEARCH, everything) == set()
+
+
+@pytest.mark.control("AP-1")
+async def test_decide_studies_agrees_with_decide_study_in_one_read(
+    setup: tuple[Authorizer, FakeOrthanc],
+) -> None:
+    """A page of studies is decided with one read of the facts, each decision the same as the
+    study's own decide_study (the memo never mixes two studies' verdicts)."""
+    authorizer, _ = setup
+    everything = {NORTH_UID, HOLD_UID, VIP_UID, UNKNOWN_UID}
+    reads: list[int] = []
+    studies = authorizer._studies
+
+    async def counted(uids: Any) -> Any:
+        reads.append(len(set(uids)))
+        return await studies(uids)
+
+    authorizer._studies = counted  # type: ignore[method-assign]
+    for who in (NORTH, SOUTH_RADIOLOGIST, None):
+        reads.clear()
+        batch = await authorizer.decide_studies(ctx(who), Action.SEARCH, everything)
+        assert len(reads) <= 1
+        for uid in everything:
+            single = await authorizer.decide_study(ctx(who), Action.SEARCH, uid)
+            assert batch[uid].allow == single.allow, (who, uid)
+            assert batch[uid].reasons == single.reasons, (who, uid)
 
 
 @pytest.mark.control("DA-2")

@@ -153,13 +153,22 @@ class Authorizer:
         self, ctx: RequestContext, action: Action, study_instance_uids: Iterable[str]
     ) -> set[str]:
         """The subset of studies this caller may see (QIDO filtering); never raises."""
+        decisions = await self.decide_studies(ctx, action, study_instance_uids)
+        return {uid for uid, decision in decisions.items() if decision.allow}
+
+    async def decide_studies(
+        self, ctx: RequestContext, action: Action, study_instance_uids: Iterable[str]
+    ) -> dict[str, Decision]:
+        """`decide_study` for many studies at once: one read of their facts and of the
+        caller's grants, and decide() once per distinct set of facts."""
         uids = set(study_instance_uids)
         principal = ctx.principal
         if principal is None or not uids:
-            return set()
+            return dict.fromkeys(uids, Decision(False, ("unauthenticated",)))
         now = self.clock()
-        if not decide(principal, action, None, self.policy, now).allow:
-            return set()
+        gate = decide(principal, action, None, self.policy, now)
+        if not gate.allow:
+            return dict.fromkeys(uids, gate)
         studies = await self._studies(uids)
         grants = await self._grants(ctx)
         narrowed = principal.study_scopes
@@ -167,23 +176,33 @@ class Authorizer:
         # distinct set of facts. A criterion reads the study UID only through break-glass
         # grants and `study:` scopes (policy/criteria/break_glass.py, study_scope.py), so both
         # are part of the key; everything else a criterion reads is in StudyFacts.
-        memo: dict[tuple[object, ...], bool] = {}
-        allowed: set[str] = set()
+        memo: dict[tuple[object, ...], Decision] = {}
+        out: dict[str, Decision] = {}
         for uid, facts in studies.items():
             key = (facts.labels, facts.patient_id, facts.known, uid in grants, uid in narrowed)
-            verdict = memo.get(key)
-            if verdict is None:
-                verdict = decide(principal, action, facts, self.policy, now, grants).allow
-                memo[key] = verdict
-            if verdict:
-                allowed.add(uid)
-        return allowed
+            decision = memo.get(key)
+            if decision is None:
+                decision = decide(principal, action, facts, self.policy, now, grants)
+                memo[key] = decision
+            out[uid] = decision
+        return out
 
     # ------------------------------------------------------------------ the study index
 
-    def compiled(self, ctx: RequestContext, action: Action, grants: Iterable[str]) -> Predicate:
+    async def _rare(self) -> frozenset[str]:
+        """The index's rare labels (the predicate's plan only: never what it selects)."""
+        rare: frozenset[str] = await self.index.rare_labels()
+        return rare
+
+    def compiled(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        grants: Iterable[str],
+        rare_labels: frozenset[str] = frozenset(),
+    ) -> Predicate:
         """The policy as a SQL predicate for this caller; raises `NotCompilable`."""
-        return compile_policy(self.policy, ctx.principal, action, self.clock(), grants)
+        return compile_policy(self.policy, ctx.principal, action, self.clock(), grants, rare_labels)
 
     @staticmethod
     def residual_keys(matches: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -213,7 +232,7 @@ class Authorizer:
             return []
         grants = await self._grants(ctx)
         try:
-            predicate = self.compiled(ctx, action, grants)
+            predicate = self.compiled(ctx, action, grants, await self._rare())
         except NotCompilable as exc:
             log.warning("policy does not compile to SQL (%s): decide() over the index", exc)
             page: list[str] = []
@@ -249,7 +268,7 @@ class Authorizer:
             return 0
         grants = await self._grants(ctx)
         try:
-            predicate = self.compiled(ctx, action, grants)
+            predicate = self.compiled(ctx, action, grants, await self._rare())
         except NotCompilable:
             return None
         return await self.index.count_matching(predicate, matches, fuzzy)
@@ -276,7 +295,9 @@ class Authorizer:
             return
         grants = await self._grants(ctx)
         try:
-            predicate: Predicate = self.compiled(ctx, action, grants)
+            predicate: Predicate = self.compiled(
+                ctx, action, grants, await self.index.rare_labels()
+            )
         except NotCompilable:
             predicate = True
         narrowed = principal.study_scopes

@@ -40,6 +40,10 @@ class AuthorizerPort(Protocol):
 
     async def decide_study(self, ctx: RequestContext, action: Action, uid: str) -> Decision: ...
 
+    async def decide_studies(
+        self, ctx: RequestContext, action: Action, uids: Iterable[str]
+    ) -> dict[str, Decision]: ...
+
     async def permitted_studies(
         self, ctx: RequestContext, action: Action, uids: Iterable[str]
     ) -> set[str]: ...

@@ -187,9 +187,8 @@ async def filter_search(
     authorizer = services_of(request).authorizer
     study_of = {id(item): _first(item, "0020000D") or resource.study_instance_uid for item in page}
     uids = {u for u in study_of.values() if u}
-    decisions: dict[str, Decision] = {}
-    for study in uids:
-        decisions[study] = await authorizer.decide_study(ctx, Action.SEARCH, study)
+    # One read for the whole page (a worklist page is 101 studies), not one per study.
+    decisions = await authorizer.decide_studies(ctx, Action.SEARCH, uids)
     patients = await authorizer.study_patients(uids)
     query = resource.query or QidoQuery()
     identifying = [k for k, _ in query.matches if k not in DEID_MATCH_KEYS]

@@ -10,6 +10,7 @@ stable and no study is skipped or repeated while paging.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,11 @@ log = logging.getLogger(__name__)
 
 E = StudyIndexEntry
 ORDER = (E.study_date.desc(), E.study_time.desc(), E.study_instance_uid.desc())
+# A label is "rare" (read from its index, store/predicate.py) on at most this share of the
+# studies or this many, whichever is more; recounted at most this often.
+RARE_SHARE = 0.15
+RARE_COUNT = 5_000
+RARE_TTL_SECONDS = 60.0
 
 
 def _clip(value: object, size: int) -> str:
@@ -81,6 +87,8 @@ class StudyIndex:
     def __init__(self, store: PolicyStore) -> None:
         self.store = store
         self.dialect = store.engine.dialect.name
+        self._rare: frozenset[str] = frozenset()
+        self._rare_until = 0.0
 
     # -- searches --------------------------------------------------------------------------
 
@@ -173,6 +181,27 @@ class StudyIndex:
                 return
             last = rows[-1]
             after = (last[0], last[1], last[2])
+
+    # -- label statistics (the predicate's plan) -------------------------------------------
+
+    async def rare_labels(self) -> frozenset[str]:
+        """Labels on at most RARE_SHARE of the studies (or RARE_COUNT, whichever is more),
+        recounted at most every RARE_TTL_SECONDS: the predicate reads these from their index
+        (store/predicate.py). A stale answer only picks the slower plan, never another set."""
+        now = time.monotonic()
+        if now < self._rare_until:
+            return self._rare
+        async with self.store._session() as session:
+            total = int(
+                (await session.execute(select(func.count()).select_from(Study))).scalar_one()
+            )
+            counts = await session.execute(
+                select(StudyLabel.label, func.count()).group_by(StudyLabel.label)
+            )
+            bound = max(RARE_COUNT, int(total * RARE_SHARE))
+            self._rare = frozenset(label for label, n in counts if n <= bound)
+        self._rare_until = now + RARE_TTL_SECONDS
+        return self._rare
 
     # -- owners ----------------------------------------------------------------------------
 

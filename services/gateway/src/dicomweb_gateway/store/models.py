@@ -51,6 +51,8 @@ class Study(Base):
 
 class StudyLabel(Base):
     __tablename__ = "study_label"
+    # The studies carrying a label, in order (the predicate's rare-label plan; migration 0007).
+    __table_args__ = (Index("ix_study_label_label", "label", "study_instance_uid"),)
 
     study_instance_uid: Mapped[str] = mapped_column(
         ForeignKey("study.study_instance_uid", ondelete="CASCADE"), primary_key=True
