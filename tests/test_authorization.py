@@ -578,6 +578,23 @@ def _allowed_study(caller: Caller) -> str:
     return SHARED if SHARED in caller.visible else sorted(caller.visible)[0]
 
 
+@pytest.fixture(scope="module", params=["orthanc", "dicomweb"])
+def corpus_gateway(request: pytest.FixtureRequest, stack: dict[str, Any]) -> Iterator[str]:
+    """The gateway the corpus attacks, once per archive adapter (issue 17): the stack's own
+    (`archive.kind: orthanc`), then one with `archive.kind: dicomweb` in front of the same
+    Orthanc's `/dicom-web` root, sharing the stack's policy store and index."""
+    if request.param == "orthanc":
+        yield stack["gateway_url"]
+        return
+    from tests.conftest import gateway_process
+
+    overrides = {
+        "archive": {"kind": "dicomweb", "url": stack["archive"]["http_url"] + "/dicom-web"}
+    }
+    with gateway_process(stack, overrides) as gw:
+        yield gw.url
+
+
 @pytest.mark.control("AP-1")
 @pytest.mark.parametrize("caller_name", CORPUS_CALLERS)
 @pytest.mark.parametrize("attack", CORPUS["attacks"], ids=[a["id"] for a in CORPUS["attacks"]])
@@ -586,6 +603,7 @@ def test_attack_corpus(
     https: httpx.Client,
     tokens: Any,
     archive_log: Any,
+    corpus_gateway: str,
     caller_name: str,
     attack: dict[str, str],
 ) -> None:
@@ -609,7 +627,7 @@ def test_attack_corpus(
             B_patient=STUDIES[victim].patient.patient_id,
         )
         mark = archive_log.mark()
-        response = send(https, "GET", stack["gateway_url"] + path, headers)
+        response = send(https, "GET", corpus_gateway + path, headers)
         problems = []
         if attack["expect"] == "denied" and not 400 <= response.status_code < 500:
             problems.append(f"status {response.status_code}")
