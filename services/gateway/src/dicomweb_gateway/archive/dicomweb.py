@@ -367,7 +367,8 @@ class QidoIndexSource:
                 if series_uid:
                     contents.series[series_uid] = (dicomjson.first(item, "00080060") or "").strip()
                     count = dicomjson.texts(item, "00201209")
-                    contents.num_instances += int(count[0]) if count else 0
+                    # An archive's answer is input too: a non-number counts as nothing.
+                    contents.num_instances += int(count[0]) if count and count[0].isdigit() else 0
 
         await asyncio.gather(*(read(uid) for uid in out))
         budget = max_instances
