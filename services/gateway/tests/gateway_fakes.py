@@ -430,6 +430,10 @@ class IndexDouble:
     the archive is asked, as before the index existed)."""
 
     indexed: tuple[str, ...] = ()
+    store: Any
+
+    async def study_facts(self, uids: set[str]) -> Any:
+        return await self.store.studies(uids)
 
     async def permitted_studies(self, ctx: Any, action: Any, uids: Any) -> set[str]:
         raise NotImplementedError
@@ -450,6 +454,12 @@ class IndexDouble:
         self, ctx: Any, action: Any, matches: Any, fuzzy: bool, limit: int, offset: int
     ) -> list[str]:
         return (await self._matching(ctx, action, matches))[offset : offset + limit]
+
+    async def study_page_versions(
+        self, ctx: Any, action: Any, matches: Any, fuzzy: bool, limit: int, offset: int
+    ) -> list[tuple[str, str | None]]:
+        page = await self.study_page(ctx, action, matches, fuzzy, limit, offset)
+        return [(uid, None) for uid in page]
 
     async def scan_studies(
         self, ctx: Any, action: Any, matches: Any, fuzzy: bool, batch: int = 500

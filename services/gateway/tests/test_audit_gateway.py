@@ -56,7 +56,9 @@ class OnlyStudyA(IndexDouble):
     def __init__(self) -> None:
         self.store = MemoryIdentities()
 
-    async def on_stored(self, ctx: RequestContext, uids: Any, parts: Any = ()) -> None:
+    async def on_stored(
+        self, ctx: RequestContext, uids: Any, parts: Any = (), claims: Any = ()
+    ) -> None:
         return None
 
 

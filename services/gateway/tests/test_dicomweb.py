@@ -63,7 +63,9 @@ class OnlyStudyA(IndexDouble):
     async def permitted_studies(self, ctx: RequestContext, action: Action, uids: Any) -> set[str]:
         return {u for u in uids if u == A}
 
-    async def on_stored(self, ctx: RequestContext, uids: Any, parts: Any = ()) -> None:
+    async def on_stored(
+        self, ctx: RequestContext, uids: Any, parts: Any = (), claims: Any = ()
+    ) -> None:
         self.stored.extend(uids)
 
 

@@ -15,13 +15,15 @@ from dicomweb_gateway import authorize
 from dicomweb_gateway.archive.orthanc import OrthancSource
 from dicomweb_gateway.authorize import Authorizer, _FactsCache
 from dicomweb_gateway.context import Action, Principal, RequestContext
+from dicomweb_gateway.parse import QidoQuery, Transaction
 from dicomweb_gateway.policy import StudyFacts
+from dicomweb_gateway.search import StudyAnswers, search_index
 from dicomweb_gateway.store import ChangeFeedPoller, IndexEntry
-from dicomweb_gateway.store.models import StudyIndexEntry
+from dicomweb_gateway.store.models import StudyIndexEntry, StudyIndexModality
 from dicomweb_gateway.store.predicate import NotCompilable
 from fake_orthanc import NORTH_CT, FakeOrthanc
 from policy_helpers import DEMO_INGEST_RULES, DEMO_POLICY, NOW, principal
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 pytestmark = pytest.mark.anyio
 MFA = "urn:zt:acr:mfa"
@@ -216,3 +218,141 @@ async def test_facts_cache_is_bounded_and_never_loses_an_answer(
     await authorizer.store.change_labels(uid(0), [], ["site:north"], "admin", "test")
     assert await authorizer.permitted_studies(who, Action.SEARCH, {uid(0)}) == set()
     assert isinstance(cache.facts.get(uid(2)), StudyFacts | None)
+
+
+class CountingArchive:
+    """The archive's study search, answering any UID list and recording what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[set[str]] = []
+
+    async def search(self, path: str, query: Any, keys: Any) -> list[dict[str, Any]]:
+        assert path == "/studies"
+        uids = set(dict(query.matches)["StudyInstanceUID"].split(","))
+        self.asked.append(uids)
+        return [
+            {
+                "0020000D": {"vr": "UI", "Value": [u]},
+                "00081030": {"vr": "LO", "Value": [f"answer {len(self.asked)}"]},
+            }
+            for u in sorted(uids)
+        ]
+
+
+async def search(
+    a: Authorizer, archive: CountingArchive, answers: StudyAnswers, who: Principal
+) -> list[dict[str, Any]]:
+    query = QidoQuery(limit=25)
+
+    async def resolve(level: str, uid: str) -> set[str]:
+        raise AssertionError("no series or instance key here")
+
+    return await search_index(
+        archive,  # type: ignore[arg-type]
+        a,
+        ctx(who),
+        Transaction.SEARCH_FOR_STUDIES,
+        query,
+        resolve,
+        answers,
+    )
+
+
+def studies_of(items: list[dict[str, Any]]) -> list[str]:
+    return [item["0020000D"]["Value"][0] for item in items]
+
+
+@pytest.mark.control("AP-1")
+async def test_kept_study_answers_never_widen_a_search(authorizer: Authorizer) -> None:
+    """The archive's answers are kept per study, but who sees which study is decided on
+    every search: a south study another user's search fetched is never in a north
+    clinician's answer, and a label change applies to the next search even for a kept one."""
+    archive, answers = CountingArchive(), StudyAnswers(clock=lambda: 0.0)
+    first = await search(authorizer, archive, answers, RADIOLOGIST)
+    assert len(first) == 25 and len(archive.asked) == 1
+    again = await search(authorizer, archive, answers, RADIOLOGIST)
+    assert again == first and len(archive.asked) == 1  # nothing asked: all kept
+    north = await search(authorizer, archive, answers, NORTH_CLINICIAN)
+    north_uids = studies_of(north)
+    assert north_uids and all(int(u.rsplit(".", 1)[1]) % 2 == 0 for u in north_uids)
+    # Only the north studies the radiologist's page did not hold were asked for.
+    assert archive.asked[-1] == set(north_uids) - set(studies_of(first))
+    kept_north = next(u for u in north_uids if u in studies_of(first))
+    await authorizer.store.change_labels(kept_north, ["site:south"], ["site:north"], "admin", "t")
+    asked = len(archive.asked)
+    after = await search(authorizer, archive, answers, NORTH_CLINICIAN)
+    assert kept_north not in studies_of(after)
+    assert len(archive.asked) == asked + 1  # the page moved up by one study, asked for alone
+
+
+async def test_kept_study_answers_follow_the_index_and_the_ttl(authorizer: Authorizer) -> None:
+    """A study the index re-indexed (its version moved) is asked for again, alone; past the
+    TTL every study is asked for again."""
+    now = [0.0]
+    archive, answers = CountingArchive(), StudyAnswers(ttl_seconds=10, clock=lambda: now[0])
+    first = await search(authorizer, archive, answers, RADIOLOGIST)
+    changed = studies_of(first)[3]
+    await authorizer.index.upsert([entry(int(changed.rsplit(".", 1)[1]))])  # re-indexed
+    again = await search(authorizer, archive, answers, RADIOLOGIST)
+    assert archive.asked[-1] == {changed}
+    assert studies_of(again) == studies_of(first)
+    assert again[3]["00081030"]["Value"] == ["answer 2"]  # the fresh answer, not the kept one
+    now[0] = 10.0
+    await search(authorizer, archive, answers, RADIOLOGIST)
+    assert archive.asked[-1] == set(studies_of(first))
+    assert len(archive.asked) == 3
+
+
+async def test_kept_study_answers_are_bounded_and_copies() -> None:
+    answers = StudyAnswers(max_entries=3, clock=lambda: 0.0)
+    item = {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}
+    answers.put("1.2.3", (), "v1", item)
+    got = answers.get("1.2.3", (), "v1")
+    assert got == item
+    assert got is not None
+    got["0020000D"]["Value"] = ["changed"]  # a later step changing its copy
+    assert answers.get("1.2.3", (), "v1") == item
+    assert answers.get("1.2.3", (), "v2") is None  # another version
+    assert answers.get("1.2.3", ("PatientAge",), "v1") is None  # other attributes asked for
+    assert answers.get("1.2.3", (), None) is None  # no version: never served
+    for n in range(4):
+        answers.put(f"1.2.{n}", (), "v1", item)
+    assert len(answers._items) <= 3
+
+
+async def test_a_store_adds_its_new_claims_to_the_counts(authorizer: Authorizer) -> None:
+    """After a store into an indexed study the index adds the series and instances the store
+    claimed (new to the archive), and a modality it did not list; an instance stored again
+    claims nothing and changes nothing, so a kept search answer stays valid."""
+    from dicomweb_gateway.store import Claim
+
+    study = uid(4)
+    part = SimpleNamespace(
+        study_instance_uid=study, patient_id="PID-4", attributes={"Modality": "SR"}
+    )
+    before = await authorizer.study_page_versions(
+        ctx(RADIOLOGIST), Action.SEARCH, (("StudyInstanceUID", study),), False, 1, 0
+    )
+    new = [
+        Claim("series", study + ".9", study),
+        Claim("instance", study + ".9.1", study, study + ".9"),
+    ]
+    await authorizer.on_stored(ctx(RADIOLOGIST), [study], [part], new)
+    async with authorizer.store._session() as session:
+        row = await session.get(StudyIndexEntry, study)
+        assert row is not None and (row.num_series, row.num_instances) == (2, 2)
+        modalities = await session.scalars(
+            select(StudyIndexModality.modality).where(
+                StudyIndexModality.study_instance_uid == study
+            )
+        )
+        assert set(modalities) == {"CT", "SR"}
+    after = await authorizer.study_page_versions(
+        ctx(RADIOLOGIST), Action.SEARCH, (("StudyInstanceUID", study),), False, 1, 0
+    )
+    assert after[0][1] != before[0][1]  # a new version: kept answers are asked for again
+    await authorizer.on_stored(ctx(RADIOLOGIST), [study], [part], [])  # stored again
+    again = await authorizer.study_page_versions(
+        ctx(RADIOLOGIST), Action.SEARCH, (("StudyInstanceUID", study),), False, 1, 0
+    )
+    assert again == after

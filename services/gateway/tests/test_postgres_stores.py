@@ -68,7 +68,7 @@ def test_migrations_run_unchanged_and_concurrently(pg_url: str) -> None:
         t.join(60)
     assert errors == []
     [rows] = sql(pg_url, "SELECT version_num FROM policy_store_alembic_version")
-    assert rows == [("0007_label_index",)]
+    assert rows == [("0008_sqlite_store_version",)]
     [tables] = sql(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
     assert {"study", "study_label", "uid_claim", "study_index", "device_inventory"} <= {
         t for (t,) in tables

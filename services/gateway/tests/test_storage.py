@@ -54,7 +54,9 @@ class AllButVictim(IndexDouble):
     async def permitted_studies(self, ctx: RequestContext, action: Action, uids: Any) -> set[str]:
         return {u for u in uids if u != VICTIM}
 
-    async def on_stored(self, ctx: RequestContext, uids: Any, parts: Any = ()) -> None:
+    async def on_stored(
+        self, ctx: RequestContext, uids: Any, parts: Any = (), claims: Any = ()
+    ) -> None:
         self.stored.extend(uids)
 
 

@@ -153,3 +153,38 @@ async def test_feed_cursor_only_moves_forward(store: PolicyStore) -> None:
     await store.set_cursor("archive", 4)
     assert await store.cursor("archive") == 10
     assert await store.ping()
+
+
+async def test_change_marker_moves_with_the_facts_only(store: PolicyStore, tmp_path: Path) -> None:
+    """The SQLite change marker (migration 0008) moves with every write to the facts and
+    grants, from this store, another store on the file, or plain SQL; UID claims, the feed
+    cursor and the study index leave it (and so the workers' caches) alone."""
+    import sqlite3
+
+    other = PolicyStore(f"sqlite:///{tmp_path}/gateway.db")
+    try:
+        before = await other.change_marker()
+        assert before is not None
+        await store.record_ingest("1.2.3", "P1", {"research"}, "stow")
+        after_ingest = await other.change_marker()
+        assert after_ingest is not None and after_ingest > before
+        await store.change_labels("1.2.3", {"vip"}, {"research"}, "admin", "test")
+        after_labels = await other.change_marker()
+        assert after_labels is not None and after_labels > after_ingest
+        now = datetime.now(UTC)
+        await store.grant_break_glass("alice", "iss", "1.2.3", "emergency", 60, now)
+        after_grant = await other.change_marker()
+        assert after_grant is not None and after_grant > after_labels
+        # Writes that do not touch the facts leave the marker alone.
+        await store.put_cursor("x", 5)
+        conflicts, new = await store.claim([Claim("instance", "1.2.3.4", "1.2.3", "1.2.3.5")])
+        assert (conflicts, len(new)) == ([], 1)
+        assert await other.change_marker() == after_grant
+        # Plain SQL against the file (an operator's fix) moves it too, label by label.
+        with sqlite3.connect(tmp_path / "gateway.db") as db:
+            db.execute("DELETE FROM study_label WHERE study_instance_uid = '1.2.3'")
+        after_sql = await other.change_marker()
+        assert after_sql is not None and after_sql > after_grant
+        assert (await other.study("1.2.3")).labels == frozenset()
+    finally:
+        await other.close()

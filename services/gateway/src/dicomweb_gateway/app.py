@@ -37,6 +37,7 @@ from .policy.scopes import OPERATION_SCOPES
 from .ratelimit import RateLimiter
 from .replay import SqlReplayCache, make_engine
 from .rewrite import UrlRewriter
+from .search import StudyAnswers
 from .services import AuditorPort, AuthorizerPort, Services, services_of
 from .settings import Settings, load_settings
 from .store.engines import pool_of
@@ -101,6 +102,7 @@ def create_app(
         rate_limiter=RateLimiter(settings.limits.requests_per_minute / workers),
         rewriter=UrlRewriter(*archive.url_map(settings.public_url)),
         replay=replay,
+        answers=StudyAnswers(settings.archive.answer_ttl_seconds),
     )
     app.state.services = services
 

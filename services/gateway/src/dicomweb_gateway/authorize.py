@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NO_INGEST_RULES = IngestRules(version=1, rules=())
+COMPILED_MAX = 1024  # compiled search predicates kept per worker (Authorizer.compiled)
 
 
 class Authorizer:
@@ -68,6 +69,7 @@ class Authorizer:
         self._poller: ChangeFeedPoller | None = None
         self._settings: Settings | None = None
         self._cache = _FactsCache()
+        self._compiled: dict[tuple[object, ...], Predicate] = {}
         self.index = StudyIndex(store)
         self._repairs: set[asyncio.Task[None]] = set()
         self._reconcile_interval: float | None = reconcile_interval_seconds
@@ -201,8 +203,22 @@ class Authorizer:
         grants: Iterable[str],
         rare_labels: frozenset[str] = frozenset(),
     ) -> Predicate:
-        """The policy as a SQL predicate for this caller; raises `NotCompilable`."""
-        return compile_policy(self.policy, ctx.principal, action, self.clock(), grants, rare_labels)
+        """The policy as a SQL predicate for this caller; raises `NotCompilable`.
+
+        Memoized per (policy, principal, action, grants, rare labels, clock second): a search
+        burst by one token compiles once a second, not per request. A predicate up to a second
+        old is safe because it only ever picks candidates: every page is decided again with
+        decide() at the current time before anyone sees it (study_page, scan_studies).
+        """
+        now = self.clock()
+        key = (id(self.policy), ctx.principal, action, frozenset(grants), rare_labels, int(now))
+        predicate = self._compiled.get(key)
+        if predicate is None:
+            predicate = compile_policy(self.policy, ctx.principal, action, now, grants, rare_labels)
+            if len(self._compiled) >= COMPILED_MAX:  # the bound (AP-8): start over
+                self._compiled.clear()
+            self._compiled[key] = predicate
+        return predicate
 
     @staticmethod
     def residual_keys(matches: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -218,12 +234,29 @@ class Authorizer:
         limit: int,
         offset: int,
     ) -> list[str]:
+        """`study_page_versions` without the versions."""
+        return [
+            uid
+            for uid, _ in await self.study_page_versions(ctx, action, matches, fuzzy, limit, offset)
+        ]
+
+    async def study_page_versions(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        matches: tuple[tuple[str, str], ...],
+        fuzzy: bool,
+        limit: int,
+        offset: int,
+    ) -> list[tuple[str, str | None]]:
         """One page of the permitted studies matching indexed keys, in the index order.
 
         The policy is compiled to SQL and the page cut in SQL (one query); a policy that does
         not compile is evaluated with decide() over the index rows in bounded batches. Either
         way the page is checked with decide() once more before anyone sees it: the predicate
-        can only ever hide a study, never show one decide() refuses.
+        can only ever hide a study, never show one decide() refuses. Each study comes with its
+        index row's version (`StudyIndex.page`; None from the decide() walk), which keys the
+        cache of the archive's answers (search.StudyAnswers).
         """
         principal = ctx.principal
         if principal is None or limit <= 0:
@@ -235,22 +268,25 @@ class Authorizer:
             predicate = self.compiled(ctx, action, grants, await self._rare())
         except NotCompilable as exc:
             log.warning("policy does not compile to SQL (%s): decide() over the index", exc)
-            page: list[str] = []
+            page: list[tuple[str, str | None]] = []
             skip = offset
             async for batch in self.scan_studies(ctx, action, matches, fuzzy):
                 for uid in batch:
                     if skip:
                         skip -= 1
                         continue
-                    page.append(uid)
+                    page.append((uid, None))
                     if len(page) >= limit:
                         return page
             return page
-        page = await self.index.page(predicate, matches, fuzzy, limit, offset)
-        allowed = await self.permitted_studies(ctx, action, page)
-        if len(allowed) != len(page):
-            log.error("study index predicate and decide() disagree on %s", set(page) - allowed)
-        return [uid for uid in page if uid in allowed]
+        rows = await self.index.page(predicate, matches, fuzzy, limit, offset)
+        allowed = await self.permitted_studies(ctx, action, (uid for uid, _ in rows))
+        if len(allowed) != len(rows):
+            log.error(
+                "study index predicate and decide() disagree on %s",
+                {uid for uid, _ in rows} - allowed,
+            )
+        return [(uid, version) for uid, version in rows if uid in allowed]
 
     async def count_studies(
         self,
@@ -334,14 +370,19 @@ class Authorizer:
         return {uid: f.patient_id for uid, f in facts.items() if f.known}
 
     async def on_stored(
-        self, ctx: RequestContext, study_instance_uids: Iterable[str], parts: Iterable[Any] = ()
+        self,
+        ctx: RequestContext,
+        study_instance_uids: Iterable[str],
+        parts: Iterable[Any] = (),
+        claims: Iterable[Claim] = (),
     ) -> None:
         """After a successful, verified store (STOW-RS or DIMSE): index the stored instances
-        (from the instances themselves: no archive read) and apply the ingest rules to new
-        studies now, so the uploader's site can see them at once."""
+        (from the instances themselves and the UID claims the store added: no archive read)
+        and apply the ingest rules to new studies now, so the uploader's site can see them at
+        once."""
         uids = set(study_instance_uids)
         try:
-            await self._index_parts(list(parts))
+            await self._index_parts(list(parts), list(claims))
         except Exception as exc:  # the store succeeded; the change feed indexes it later
             log.warning("study index after store failed: %r", exc)
         if self.source is None:
@@ -363,28 +404,35 @@ class Authorizer:
             except Exception as exc:  # the STOW succeeded; the change feed will retry
                 log.warning("ingest of study %s after STOW failed: %r", uid, exc)
 
-    async def _index_parts(self, parts: list[Any]) -> None:
+    async def _index_parts(self, parts: list[Any], claims: list[Claim]) -> None:
         by_study: dict[str, list[Any]] = {}
         for part in parts:
             if part.study_instance_uid:
                 by_study.setdefault(part.study_instance_uid, []).append(part)
         if not by_study:
             return
-        indexed = await self.index.indexed(by_study)
+        modalities = {
+            uid: {p.attributes.get("Modality", "") for p in stored} - {""}
+            for uid, stored in by_study.items()
+        }
+        added: dict[str, tuple[int, int]] = {}
+        for c in claims:
+            series, instances = added.get(c.study_instance_uid, (0, 0))
+            added[c.study_instance_uid] = (
+                series + (c.level == "series"),
+                instances + (c.level == "instance"),
+            )
         entries: list[IndexEntry] = []
-        for uid, stored in by_study.items():
+        for uid in sorted(await self.index.add_stored(modalities, added)):
+            stored = by_study[uid]
             series, instances = await self.index.study_counts(uid)
-            modalities = {p.attributes.get("Modality", "") for p in stored} - {""}
-            if uid in indexed:
-                await self.index.add_series(uid, modalities, series, instances)
-                continue
             first = stored[0]
             patient = first.patient_id or ""
             entries.append(
                 IndexEntry(
                     uid,
                     {**first.attributes, "PatientID": patient},
-                    frozenset(modalities),
+                    frozenset(modalities[uid]),
                     series,
                     instances,
                     self.source.study_id(patient, uid) if self.source is not None else uid,
@@ -411,6 +459,10 @@ class Authorizer:
         task = asyncio.create_task(self._poller.indexer.refresh_uids(list(study_instance_uids)))
         self._repairs.add(task)
         task.add_done_callback(self._repairs.discard)
+
+    async def study_facts(self, uids: set[str]) -> dict[str, StudyFacts]:
+        """Study facts for the store path (storage.store_parts), from the same cache."""
+        return await self._studies(uids)
 
     async def _studies(self, uids: set[str]) -> dict[str, StudyFacts]:
         """Study facts, from this worker's cache while the store is unchanged."""

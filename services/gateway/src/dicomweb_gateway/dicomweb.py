@@ -210,7 +210,9 @@ async def search(request: Request, ctx: RequestContext, resource: Resource) -> R
         async def resolve(level: str, uid: str) -> set[str]:
             return await owners_of(request, level, uid)
 
-        page = await search_index(archive, authorizer, ctx, resource.transaction, probe, resolve)
+        page = await search_index(
+            archive, authorizer, ctx, resource.transaction, probe, resolve, state.answers
+        )
         if len(page) > query.limit:
             total = await count_matches(authorizer, ctx, resource.transaction, query)
     else:

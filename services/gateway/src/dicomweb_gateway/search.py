@@ -5,7 +5,9 @@ A search costs one page, whatever the archive holds:
 - `/studies`: the permitted, matching studies are chosen and paged in SQL (the policy compiled
   to a predicate, the matching keys to conditions, `limit`/`offset` over permitted studies
   only, a stable order); then the archive is asked for exactly the page's studies by
-  StudyInstanceUID list, for the attributes the client asked for (`includefield`).
+  StudyInstanceUID list, for the attributes the client asked for (`includefield`). The
+  archive's answer for each study is kept for a few seconds (`StudyAnswers`) while the study
+  index reports the study unchanged, so a viewer's repeated study list does not ask again.
 - `/series`, `/instances` across studies: the permitted studies matching the study-level keys
   are walked in the index order, a batch at a time; the archive matches the series/instance
   keys within each batch (a UID list); results are counted until `offset + limit` are found.
@@ -19,8 +21,10 @@ permitted StudyInstanceUIDs only.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import dicomjson
@@ -61,6 +65,53 @@ STUDY_DEFAULTS = (
 )
 # Series/instance UIDs: narrow the studies to walk to the ones that own them.
 _OWNED_KEYS = {"SeriesInstanceUID": "series", "SOPInstanceUID": "instance"}
+ANSWER_TTL_SECONDS = 10.0  # the bound on a kept study answer (the decision cache's, too)
+ANSWERS_MAX = 5_000  # study answers kept per worker process (AP-8)
+
+
+class StudyAnswers:
+    """The archive's study-level answer for a study, kept per worker for at most
+    ANSWER_TTL_SECONDS and only while the study index row's version is the one it was fetched
+    under (`StudyIndex.page`).
+
+    What this may serve is the archive's own attributes of a study, never a decision: which
+    studies a caller sees is decided on every request (the compiled policy, then decide()
+    again on the page), so a kept answer only saves asking the archive about a study this
+    caller is already allowed to see. The version moves when the index learns of a change
+    (a store through the gateway changes its counts; the change feed re-indexes a study the
+    archive changed, which updates its last update and time indexed; a deleted study leaves
+    the index), and the TTL bounds what the index cannot see. Answers are kept as bytes, so
+    later steps (de-identification, URL rewriting) never change a kept copy.
+    """
+
+    def __init__(
+        self,
+        ttl_seconds: float = ANSWER_TTL_SECONDS,
+        max_entries: int = ANSWERS_MAX,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self.clock = clock
+        self._items: dict[tuple[str, tuple[str, ...]], tuple[str, float, bytes]] = {}
+
+    def get(self, uid: str, fields: tuple[str, ...], version: str | None) -> dict[str, Any] | None:
+        if version is None or self.ttl <= 0:
+            return None
+        kept = self._items.get((uid, fields))
+        if kept is None or kept[0] != version or kept[1] <= self.clock():
+            return None
+        item: dict[str, Any] = json.loads(kept[2])
+        return item
+
+    def put(
+        self, uid: str, fields: tuple[str, ...], version: str | None, item: dict[str, Any]
+    ) -> None:
+        if version is None or self.ttl <= 0:
+            return
+        if len(self._items) >= self.max_entries:  # the bound: start over
+            self._items.clear()
+        self._items[(uid, fields)] = (version, self.clock() + self.ttl, json.dumps(item).encode())
 
 
 async def search_index(
@@ -70,18 +121,22 @@ async def search_index(
     transaction: Transaction,
     query: QidoQuery,
     resolve: Any,
+    answers: StudyAnswers | None = None,
 ) -> list[dict[str, Any]]:
     """The answer to a QIDO search that names no study in its path."""
     residual = authorizer.residual_keys(query.matches)
     indexed = tuple(m for m in query.matches if m not in residual)
     limit = query.limit if query.limit is not None else 0
     if transaction is Transaction.SEARCH_FOR_STUDIES and not residual:
-        page = await authorizer.study_page(
+        rows = await authorizer.study_page_versions(
             ctx, Action.SEARCH, indexed, query.fuzzymatching, limit, query.offset
         )
-        if not page:
+        if not rows:
             return []
-        return await _fetch(archive, authorizer, ctx, transaction, query, page, ())
+        page = [uid for uid, _ in rows]
+        return await _fetch(
+            archive, authorizer, ctx, transaction, query, page, (), answers, dict(rows)
+        )
     archive_matches = [(k, v) for k, v in residual if k not in _OWNED_KEYS]
     # Series/instance UIDs named in the query: walk only the studies that own them.
     owned: set[str] | None = None
@@ -159,30 +214,52 @@ async def _fetch(
     query: QidoQuery,
     studies: list[str],
     archive_matches: Iterable[tuple[str, str]],
+    kept: StudyAnswers | None = None,
+    versions: dict[str, str | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """The archive's answer for these (permitted) studies, in their order, then by UID."""
+    """The archive's answer for these (permitted) studies, in their order, then by UID.
+
+    With `kept` and the studies' index `versions` (a study search on indexed keys only), a
+    study whose answer is kept under its current version is not asked about again."""
     archive_matches = tuple(archive_matches)
     # Matching keys are returned (PS3.18 8.3.4.3) even when the index, not the archive,
     # matched them.
     sent = {k for k, _ in archive_matches} | {"StudyInstanceUID"}
     returned = tuple(k for k, _ in query.matches if k not in sent)
-    count = -(-len(studies) // UIDS_PER_QUERY)  # balanced chunks of at most UIDS_PER_QUERY
-    chunks = [studies[i::count] for i in range(count)]
-    ctx.forwarded = True
-    answers = await asyncio.gather(
-        *(
-            _query(archive, ctx, transaction, query, chunk, archive_matches, returned)
-            for chunk in chunks
+    versions = versions or {}
+    fields = tuple(dict.fromkeys((*query.includefields, *returned)))
+    items: list[dict[str, Any]] = []
+    if kept is not None and transaction is Transaction.SEARCH_FOR_STUDIES and not archive_matches:
+        ask = []
+        for uid in studies:
+            item = kept.get(uid, fields, versions.get(uid))
+            if item is None:
+                ask.append(uid)
+            else:
+                items.append(item)
+    else:
+        kept, ask = None, studies
+    answers: list[list[dict[str, Any]]] = []
+    if ask:
+        count = -(-len(ask) // UIDS_PER_QUERY)  # balanced chunks of at most UIDS_PER_QUERY
+        chunks = [ask[i::count] for i in range(count)]
+        ctx.forwarded = True
+        answers = await asyncio.gather(
+            *(
+                _query(archive, ctx, transaction, query, chunk, archive_matches, returned)
+                for chunk in chunks
+            )
         )
-    )
     position = {uid: n for n, uid in enumerate(studies)}
     sort_tags = _SORT_TAGS[transaction]
-    items = [
-        item
-        for answer in answers
-        for item in answer
-        if position.get(study_of(item) or "") is not None
-    ]
+    for answer in answers:
+        for item in answer:
+            uid = study_of(item) or ""
+            if position.get(uid) is None:
+                continue
+            items.append(item)
+            if kept is not None:
+                kept.put(uid, fields, versions.get(uid), item)
     items.sort(key=lambda i: (position[study_of(i) or ""], *(_text(i, t) for t in sort_tags)))
     if transaction is Transaction.SEARCH_FOR_STUDIES:
         seen: set[str] = set()

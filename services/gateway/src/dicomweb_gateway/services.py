@@ -9,13 +9,15 @@ unit tests' fakes both fit.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 
 from .archive import Archive
 from .context import Action, Decision, RequestContext
+from .policy import StudyFacts
+from .search import StudyAnswers
 from .settings import Settings
 from .store import Claim
 
@@ -50,12 +52,14 @@ class AuthorizerPort(Protocol):
 
     async def study_patients(self, uids: Iterable[str]) -> Mapping[str, str | None]: ...
 
+    async def study_facts(self, uids: set[str]) -> dict[str, StudyFacts]: ...
+
     async def owner(self, level: str, uid: str) -> Claim | None: ...
 
     async def record_locations(self, claims: Iterable[Claim]) -> None: ...
 
     async def on_stored(
-        self, ctx: RequestContext, uids: Iterable[str], parts: Any = ()
+        self, ctx: RequestContext, uids: Iterable[str], parts: Any = (), claims: Any = ()
     ) -> None: ...
 
     async def on_deleted(self, study: str, series: str | None) -> None: ...
@@ -71,6 +75,16 @@ class AuthorizerPort(Protocol):
         limit: int,
         offset: int,
     ) -> list[str]: ...
+
+    async def study_page_versions(
+        self,
+        ctx: RequestContext,
+        action: Action,
+        matches: tuple[tuple[str, str], ...],
+        fuzzy: bool,
+        limit: int,
+        offset: int,
+    ) -> list[tuple[str, str | None]]: ...
 
     async def count_studies(
         self, ctx: RequestContext, action: Action, matches: tuple[tuple[str, str], ...], fuzzy: bool
@@ -122,6 +136,7 @@ class Services:
     replay: Any  # replay.SqlReplayCache: setup(), ping(), close()
     edge_secret: bytes = b""
     deid: Any = None  # deid.views.DeidService, made on first use (it needs the policy store)
+    answers: StudyAnswers = field(default_factory=StudyAnswers)  # the archive's study answers
 
 
 def services_of(request: Request) -> Services:

@@ -164,6 +164,9 @@ class Archive(_Section):
     client_key: FilePath | None = None
     ca_cert: FilePath
     timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30
+    # How long a worker keeps the archive's study-level search answer for a study the study
+    # index reports unchanged (search.StudyAnswers); 0 asks the archive on every search.
+    answer_ttl_seconds: Annotated[float, Field(ge=0, le=60)] = 10
 
     @field_validator("kind")
     @classmethod

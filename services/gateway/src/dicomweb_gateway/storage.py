@@ -53,8 +53,6 @@ StoreArchive = Archive  # the archive port (archive/port.py)
 class Identities(Protocol):
     """Where UIDs belong, as the gateway knows them (`store.PolicyStore` implements it)."""
 
-    async def studies(self, uids: Iterable[str]) -> dict[str, StudyFacts]: ...
-
     async def recorded(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Claim]: ...
 
     async def claim(self, claims: Iterable[Claim]) -> tuple[list[Claim], list[Claim]]: ...
@@ -68,7 +66,13 @@ class StoreAuthorizer(Protocol):
 
     async def check_study(self, ctx: RequestContext, action: Action, uid: str) -> None: ...
 
-    async def on_stored(self, ctx: RequestContext, uids: Any, parts: Any = ()) -> None: ...
+    async def study_facts(self, uids: set[str]) -> dict[str, StudyFacts]:
+        """`store.studies`, from the worker's cache while the store's facts are unchanged."""
+        ...
+
+    async def on_stored(
+        self, ctx: RequestContext, uids: Any, parts: Any = (), claims: Any = ()
+    ) -> None: ...
 
 
 async def store_parts(
@@ -93,7 +97,7 @@ async def store_parts(
                     (part.sop_class_uid,) if part.sop_class_uid else (),
                 )
             )
-    claimed = await _check_identities(archive, authorizer.store, ctx, _accepted(parts))
+    claimed = await _check_identities(archive, authorizer, ctx, _accepted(parts))
     accepted = _accepted(parts)
     refused = [p for p in parts if p.failure is not None]
     if not accepted:
@@ -129,7 +133,10 @@ async def store_parts(
     refused = [p for p in parts if p.failure is not None and p not in stored]
     studies = sorted({p.study_instance_uid for p in stored if p.study_instance_uid})
     if studies:
-        await authorizer.on_stored(ctx, studies, stored)
+        # The claims this store added (and kept) are the series and instances new to the
+        # archive: the study index adds them to its counts.
+        added = [c for c in claimed if c.level != "instance" or c.uid in kept]
+        await authorizer.on_stored(ctx, studies, stored, added)
     _explain(ctx, refused)
     return merge_response(answer, refused), None
 
@@ -168,7 +175,7 @@ async def _authorize(
 
 
 async def _check_identities(
-    archive: StoreArchive, store: Identities, ctx: RequestContext, parts: list[Part]
+    archive: StoreArchive, authorizer: StoreAuthorizer, ctx: RequestContext, parts: list[Part]
 ) -> list[Claim]:
     """Refuse every part whose UIDs or patient disagree with what is known; claim the rest."""
     if not parts:
@@ -195,8 +202,9 @@ async def _check_identities(
     parts = _accepted(parts)
     # What the policy store knows of each study's patient, and where it has recorded UIDs.
     keys = {(level, uid) for p in parts for level, uid in zip(_LEVELS, _uids(p), strict=True)}
+    store = authorizer.store
     facts, recorded = await asyncio.gather(
-        store.studies({_uids(p)[0] for p in parts}), store.recorded(keys)
+        authorizer.study_facts({_uids(p)[0] for p in parts}), store.recorded(keys)
     )
     for p in parts:
         known = facts[_uids(p)[0]]

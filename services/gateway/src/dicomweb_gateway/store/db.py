@@ -114,7 +114,7 @@ class PolicyStore:
             )
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._session = async_sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite: one plain connection that only reads PRAGMA data_version (change_marker).
+        # SQLite: one plain connection that only reads the store_version row (change_marker).
         self._marker_db: sqlite3.Connection | None = None
         self._marker_path = (
             self._sync_url.database if self._sync_url.get_backend_name() == "sqlite" else None
@@ -175,11 +175,12 @@ class PolicyStore:
         replica, commits a change to the policy facts or grants; None when there is no cheap
         one (nothing is cached then).
 
-        SQLite: `PRAGMA data_version` (https://sqlite.org/pragma.html#pragma_data_version): in
-        WAL mode it reads the shared wal-index header, microseconds and no disk I/O, so it runs
-        on the event loop for every request. PostgreSQL: the `store_version` row, bumped in the
-        same transaction as every write to `study`, `study_label` and `break_glass_grant` by a
-        trigger (migration 0005): one primary-key read replaces the facts and grants queries.
+        Both databases: the `store_version` row, bumped in the same transaction as every write
+        to `study`, `study_label` and `break_glass_grant` by a trigger (migrations 0005 and
+        0008): one primary-key read replaces the facts and grants queries, and writes to other
+        tables (UID claims, the study index, the change feed's lease) leave caches warm. On
+        SQLite it is read on one plain connection on the event loop: in WAL mode a read of one
+        cached page, microseconds and no disk I/O.
         A marker read after a commit is visible sees that commit's number, so a cache filled
         under a marker never holds an older state than the marker says.
         """
@@ -199,8 +200,11 @@ class PolicyStore:
                 self._marker_db = sqlite3.connect(
                     self._marker_path, isolation_level=None, check_same_thread=False
                 )
-            row = self._marker_db.execute("PRAGMA data_version").fetchone()
-            return int(row[0])
+            # fetchall: the statement runs to its end, so no read transaction stays open.
+            rows = self._marker_db.execute(
+                "SELECT version FROM store_version WHERE id = 1"
+            ).fetchall()
+            return int(rows[0][0]) if rows else None
         except sqlite3.Error:
             if self._marker_db is not None:
                 self._marker_db.close()
@@ -213,17 +217,24 @@ class PolicyStore:
         """Facts for each UID; a UID the store does not know gets `known=False`."""
         wanted = sorted(set(uids))
         found: dict[str, StudyFacts] = {}
+        patients: dict[str, str | None] = {}
+        labels: dict[str, set[str]] = {}
+        # One plain join per chunk (no ORM objects): this read sits on every decision that
+        # misses the cache and on every store.
         async with self._session() as session:
             for chunk in _chunks(wanted, 500):
-                rows = await session.scalars(
-                    select(Study).where(Study.study_instance_uid.in_(chunk))
-                )
-                for row in rows:
-                    found[row.study_instance_uid] = StudyFacts(
-                        row.study_instance_uid,
-                        row.patient_id,
-                        frozenset(lbl.label for lbl in row.labels),
+                for uid, patient, label in await session.execute(
+                    select(Study.study_instance_uid, Study.patient_id, StudyLabel.label)
+                    .outerjoin(
+                        StudyLabel, StudyLabel.study_instance_uid == Study.study_instance_uid
                     )
+                    .where(Study.study_instance_uid.in_(chunk))
+                ):
+                    patients[uid] = patient
+                    if label is not None:
+                        labels.setdefault(uid, set()).add(label)
+        for uid, patient in patients.items():
+            found[uid] = StudyFacts(uid, patient, frozenset(labels.get(uid, ())))
         return {uid: found.get(uid, StudyFacts(uid, known=False)) for uid in wanted}
 
     async def study(self, uid: str) -> StudyFacts:

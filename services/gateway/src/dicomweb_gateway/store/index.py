@@ -114,14 +114,24 @@ class StudyIndex:
         fuzzy: bool,
         limit: int,
         offset: int,
-    ) -> list[str]:
-        """One page of permitted, matching studies, in the index order (one SQL query)."""
+    ) -> list[tuple[str, str]]:
+        """One page of permitted, matching studies, in the index order (one SQL query): each
+        with its row's version (what changes whenever the index learns the study changed:
+        the archive's last update, the counts, the time it was indexed)."""
         if predicate is False or limit <= 0:
             return []
         stmt, _ = self._candidates(matches, fuzzy, predicate)
-        stmt = stmt.order_by(*ORDER).limit(limit).offset(offset)
+        stmt = (
+            stmt.add_columns(E.last_update, E.num_series, E.num_instances, E.indexed_at)
+            .order_by(*ORDER)
+            .limit(limit)
+            .offset(offset)
+        )
         async with self.store._session() as session:
-            return [row[0] for row in await session.execute(stmt)]
+            return [
+                (row[0], f"{row[3]}|{row[4]}|{row[5]}|{row[6].isoformat()}")
+                for row in await session.execute(stmt)
+            ]
 
     async def count_matching(
         self, predicate: Predicate, matches: tuple[tuple[str, str], ...], fuzzy: bool
@@ -304,28 +314,42 @@ class StudyIndex:
                 if attempt == 2:
                     raise
 
-    async def add_series(
-        self, uid: str, modalities: Iterable[str], num_series: int, num_instances: int
-    ) -> None:
-        """After a store into an indexed study: more modalities, new counts."""
+    async def add_stored(
+        self, modalities: Mapping[str, Iterable[str]], added: Mapping[str, tuple[int, int]]
+    ) -> set[str]:
+        """After a store: each indexed study gets the series and instances the store added
+        (`added`: the new UID claims, so an instance stored again adds nothing) and any new
+        modality, in one transaction and without counting the study's claims again (a store
+        appends to a known, possibly large study far more often than it starts one); returns
+        the studies not indexed yet, for `upsert`."""
+        uids = sorted(modalities)
         async with self.store._session.begin() as session:
-            row = await session.get(E, uid)
-            if row is None:
-                return
-            row.num_series, row.num_instances = num_series, num_instances
-            row.indexed_at = datetime.now(UTC)
-            have = set(
-                await session.scalars(
-                    select(StudyIndexModality.modality).where(
-                        StudyIndexModality.study_instance_uid == uid
+            rows = {
+                row.study_instance_uid: row
+                for row in await session.scalars(select(E).where(E.study_instance_uid.in_(uids)))
+            }
+            if rows:
+                have: dict[str, set[str]] = {}
+                for study, modality in await session.execute(
+                    select(
+                        StudyIndexModality.study_instance_uid, StudyIndexModality.modality
+                    ).where(StudyIndexModality.study_instance_uid.in_(sorted(rows)))
+                ):
+                    have.setdefault(study, set()).add(modality)
+                now = datetime.now(UTC)
+                for uid, row in rows.items():
+                    series, instances = added.get(uid, (0, 0))
+                    if series or instances:
+                        row.num_series += series
+                        row.num_instances += instances
+                        row.indexed_at = now
+                    session.add_all(
+                        StudyIndexModality(study_instance_uid=uid, modality=m)
+                        for m in sorted(
+                            {m[:16] for m in modalities[uid] if m} - have.get(uid, set())
+                        )
                     )
-                )
-            )
-            session.add_all(
-                StudyIndexModality(study_instance_uid=uid, modality=m[:16])
-                for m in sorted(set(modalities) - have)
-                if m
-            )
+        return set(uids) - rows.keys()
 
     async def remove(self, uids: Iterable[str]) -> int:
         wanted = sorted(set(uids))
@@ -353,17 +377,6 @@ class StudyIndex:
                 ):
                     if archive_id:
                         out[archive_id] = (uid, last)
-        return out
-
-    async def indexed(self, uids: Iterable[str]) -> set[str]:
-        out: set[str] = set()
-        async with self.store._session() as session:
-            for chunk in _chunks(sorted(set(uids)), 500):
-                out.update(
-                    await session.scalars(
-                        select(E.study_instance_uid).where(E.study_instance_uid.in_(chunk))
-                    )
-                )
         return out
 
     async def mark_seen(self, archive_ids: Iterable[str], seen_pass: int) -> None:
