@@ -22,7 +22,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, delete, event, or_, select, text, update
+from sqlalchemy import and_, create_engine, delete, event, or_, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
@@ -582,16 +582,32 @@ async def existing_claims(
     session: AsyncSession, wanted: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], Claim]:
     """The recorded claims of these (level, UID) keys, in chunks the databases accept."""
-    keys = list(wanted)
     existing: dict[tuple[str, str], Claim] = {}
-    for level in ("study", "series", "instance"):
-        uids = sorted(uid for lvl, uid in keys if lvl == level)
-        for chunk in _chunks(uids, 500):
-            rows = await session.scalars(
-                select(UidClaim).where(UidClaim.level == level, UidClaim.uid.in_(chunk))
+    # One query per 500 keys for all levels at once (each level's UIDs are a primary-key
+    # look-up), plain rows rather than ORM objects: this read is on every store.
+    keys = sorted(set(wanted))
+    for start in range(0, len(keys), 500):
+        by_level: dict[str, list[str]] = {}
+        for level, uid in keys[start : start + 500]:
+            by_level.setdefault(level, []).append(uid)
+        rows = await session.execute(
+            select(
+                UidClaim.level,
+                UidClaim.uid,
+                UidClaim.study_instance_uid,
+                UidClaim.series_instance_uid,
+                UidClaim.patient_id,
+            ).where(
+                or_(
+                    *(
+                        and_(UidClaim.level == level, UidClaim.uid.in_(uids))
+                        for level, uids in by_level.items()
+                    )
+                )
             )
-            for row in rows:
-                existing[(row.level, row.uid)] = _claim_of(row)
+        )
+        for level, uid, study, series, patient in rows:
+            existing[(level, uid)] = Claim(level, uid, study, series, patient)
     return existing
 
 
