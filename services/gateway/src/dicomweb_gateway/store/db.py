@@ -22,7 +22,18 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import and_, create_engine, delete, event, or_, select, text, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
@@ -413,16 +424,20 @@ class PolicyStore:
                     if conflicts:
                         return conflicts, []
                     new = [c for k, c in wanted.items() if k not in existing]
-                    session.add_all(
-                        UidClaim(
-                            level=c.level,
-                            uid=c.uid,
-                            study_instance_uid=c.study_instance_uid,
-                            series_instance_uid=c.series_instance_uid,
-                            patient_id=c.patient_id,
+                    if new:
+                        await session.execute(
+                            insert(UidClaim),
+                            [
+                                {
+                                    "level": c.level,
+                                    "uid": c.uid,
+                                    "study_instance_uid": c.study_instance_uid,
+                                    "series_instance_uid": c.series_instance_uid,
+                                    "patient_id": c.patient_id,
+                                }
+                                for c in new
+                            ],
                         )
-                        for c in new
-                    )
                 return [], new
             except IntegrityError:
                 # Another worker claimed one of these UIDs at the same moment: check again.
@@ -578,34 +593,37 @@ def _history(
     )
 
 
+# One statement of fixed shape for every store (SQLAlchemy compiles it once): each level's
+# UIDs are a primary-key look-up, an empty level matches nothing.
+_CLAIMS_OF = select(
+    UidClaim.level,
+    UidClaim.uid,
+    UidClaim.study_instance_uid,
+    UidClaim.series_instance_uid,
+    UidClaim.patient_id,
+).where(
+    or_(
+        *(
+            and_(UidClaim.level == level, UidClaim.uid.in_(bindparam(level, expanding=True)))
+            for level in ("study", "series", "instance")
+        )
+    )
+)
+
+
 async def existing_claims(
     session: AsyncSession, wanted: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], Claim]:
     """The recorded claims of these (level, UID) keys, in chunks the databases accept."""
     existing: dict[tuple[str, str], Claim] = {}
-    # One query per 500 keys for all levels at once (each level's UIDs are a primary-key
-    # look-up), plain rows rather than ORM objects: this read is on every store.
+    # One query per 500 keys for all levels at once, plain rows rather than ORM objects:
+    # this read is on every store.
     keys = sorted(set(wanted))
     for start in range(0, len(keys), 500):
-        by_level: dict[str, list[str]] = {}
+        by_level: dict[str, list[str]] = {"study": [], "series": [], "instance": []}
         for level, uid in keys[start : start + 500]:
-            by_level.setdefault(level, []).append(uid)
-        rows = await session.execute(
-            select(
-                UidClaim.level,
-                UidClaim.uid,
-                UidClaim.study_instance_uid,
-                UidClaim.series_instance_uid,
-                UidClaim.patient_id,
-            ).where(
-                or_(
-                    *(
-                        and_(UidClaim.level == level, UidClaim.uid.in_(uids))
-                        for level, uids in by_level.items()
-                    )
-                )
-            )
-        )
+            by_level[level].append(uid)
+        rows = await session.execute(_CLAIMS_OF, by_level)
         for level, uid, study, series, patient in rows:
             existing[(level, uid)] = Claim(level, uid, study, series, patient)
     return existing

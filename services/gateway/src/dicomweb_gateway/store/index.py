@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import delete, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from ..policy import StudyFacts
@@ -324,32 +324,42 @@ class StudyIndex:
         the studies not indexed yet, for `upsert`."""
         uids = sorted(modalities)
         async with self.store._session.begin() as session:
-            rows = {
-                row.study_instance_uid: row
-                for row in await session.scalars(select(E).where(E.study_instance_uid.in_(uids)))
-            }
-            if rows:
+            present = set(
+                await session.scalars(
+                    select(E.study_instance_uid).where(E.study_instance_uid.in_(uids))
+                )
+            )
+            if present:
                 have: dict[str, set[str]] = {}
                 for study, modality in await session.execute(
                     select(
                         StudyIndexModality.study_instance_uid, StudyIndexModality.modality
-                    ).where(StudyIndexModality.study_instance_uid.in_(sorted(rows)))
+                    ).where(StudyIndexModality.study_instance_uid.in_(sorted(present)))
                 ):
                     have.setdefault(study, set()).add(modality)
                 now = datetime.now(UTC)
-                for uid, row in rows.items():
+                for uid in sorted(present):
                     series, instances = added.get(uid, (0, 0))
                     if series or instances:
-                        row.num_series += series
-                        row.num_instances += instances
-                        row.indexed_at = now
-                    session.add_all(
-                        StudyIndexModality(study_instance_uid=uid, modality=m)
-                        for m in sorted(
-                            {m[:16] for m in modalities[uid] if m} - have.get(uid, set())
+                        # Added in the database (no read-modify-write: concurrent stores
+                        # into one study from several workers all count).
+                        await session.execute(
+                            update(E)
+                            .where(E.study_instance_uid == uid)
+                            .values(
+                                num_series=E.num_series + series,
+                                num_instances=E.num_instances + instances,
+                                indexed_at=now,
+                            )
                         )
-                    )
-        return set(uids) - rows.keys()
+                new = [
+                    {"study_instance_uid": uid, "modality": m}
+                    for uid in sorted(present)
+                    for m in sorted({m[:16] for m in modalities[uid] if m} - have.get(uid, set()))
+                ]
+                if new:
+                    await session.execute(insert(StudyIndexModality), new)
+        return set(uids) - present
 
     async def remove(self, uids: Iterable[str]) -> int:
         wanted = sorted(set(uids))
