@@ -356,3 +356,33 @@ async def test_a_store_adds_its_new_claims_to_the_counts(authorizer: Authorizer)
         ctx(RADIOLOGIST), Action.SEARCH, (("StudyInstanceUID", study),), False, 1, 0
     )
     assert again == after
+
+
+async def test_compiled_predicates_are_kept_a_second_per_policy_object(
+    authorizer: Authorizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memo never answers for another policy object (even one reusing a freed id()) nor
+    for another clock second; within one second one caller compiles once."""
+    calls: list[object] = []
+    real = authorize.compile_policy
+
+    def counting(policy: Any, *args: Any) -> Any:
+        calls.append(policy)
+        return real(policy, *args)
+
+    monkeypatch.setattr(authorize, "compile_policy", counting)
+    who = ctx(RADIOLOGIST)
+    first = authorizer.compiled(who, Action.SEARCH, ())
+    assert authorizer.compiled(who, Action.SEARCH, ()) is first
+    assert len(calls) == 1
+    # A reloaded policy: the memo's key may carry the old id(), its entry holds the old object.
+    old = authorizer.policy
+    authorizer.policy = old.model_copy()
+    monkeypatch.setattr(authorize, "id", lambda _o: id(old), raising=False)
+    authorizer.compiled(who, Action.SEARCH, ())
+    assert calls[-1] is authorizer.policy and len(calls) == 2
+    monkeypatch.undo()
+    monkeypatch.setattr(authorize, "compile_policy", counting)
+    authorizer.clock = lambda: NOW + 1
+    authorizer.compiled(who, Action.SEARCH, ())
+    assert len(calls) == 3

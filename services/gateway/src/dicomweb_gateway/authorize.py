@@ -69,7 +69,7 @@ class Authorizer:
         self._poller: ChangeFeedPoller | None = None
         self._settings: Settings | None = None
         self._cache = _FactsCache()
-        self._compiled: dict[tuple[object, ...], Predicate] = {}
+        self._compiled: dict[tuple[object, ...], tuple[object, Predicate]] = {}
         self.index = StudyIndex(store)
         self._repairs: set[asyncio.Task[None]] = set()
         self._reconcile_interval: float | None = reconcile_interval_seconds
@@ -211,13 +211,16 @@ class Authorizer:
         decide() at the current time before anyone sees it (study_page, scan_studies).
         """
         now = self.clock()
-        key = (id(self.policy), ctx.principal, action, frozenset(grants), rare_labels, int(now))
-        predicate = self._compiled.get(key)
-        if predicate is None:
-            predicate = compile_policy(self.policy, ctx.principal, action, now, grants, rare_labels)
-            if len(self._compiled) >= COMPILED_MAX:  # the bound (AP-8): start over
-                self._compiled.clear()
-            self._compiled[key] = predicate
+        policy = self.policy
+        key = (id(policy), ctx.principal, action, frozenset(grants), rare_labels, int(now))
+        kept = self._compiled.get(key)
+        # The entry holds its policy: an id() reused by a newer policy object never matches.
+        if kept is not None and kept[0] is policy:
+            return kept[1]
+        predicate = compile_policy(policy, ctx.principal, action, now, grants, rare_labels)
+        if len(self._compiled) >= COMPILED_MAX:  # the bound (AP-8): start over
+            self._compiled.clear()
+        self._compiled[key] = (policy, predicate)
         return predicate
 
     @staticmethod
