@@ -512,10 +512,11 @@ class Authorizer:
 class _FactsCache:
     """Study facts and break-glass grants, valid while the store's change marker is unchanged.
 
-    Every write to the policy store (label change, ingest, break-glass grant, in any worker)
-    changes the marker, and the marker is read on every request, so a revoked label or a new
-    grant takes effect on the next request anywhere: the cache never answers from a store
-    state older than the last committed change. Without a marker nothing is cached.
+    Every write to the tables the facts come from (studies, labels, break-glass grants: a
+    label change, an ingest, a grant, in any worker or by plain SQL) changes the marker, and
+    the marker is read on every request, so a revoked label or a new grant takes effect on the
+    next request anywhere: the cache never answers from a store state older than the last
+    committed change of those tables. Without a marker nothing is cached.
     """
 
     MAX_ENTRIES = 20_000  # the bound (AP-8): never more facts, nor more users' grants, than this
