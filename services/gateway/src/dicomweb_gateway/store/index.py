@@ -14,9 +14,11 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy import Table, delete, func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from ..policy import StudyFacts
@@ -323,42 +325,46 @@ class StudyIndex:
         appends to a known, possibly large study far more often than it starts one); returns
         the studies not indexed yet, for `upsert`."""
         uids = sorted(modalities)
+        table = cast(Table, E.__table__)
+        known = cast(Table, StudyIndexModality.__table__)
+        present: set[str] = set()
         async with self.store._session.begin() as session:
-            present = set(
-                await session.scalars(
-                    select(E.study_instance_uid).where(E.study_instance_uid.in_(uids))
-                )
-            )
-            if present:
-                have: dict[str, set[str]] = {}
-                for study, modality in await session.execute(
-                    select(
-                        StudyIndexModality.study_instance_uid, StudyIndexModality.modality
-                    ).where(StudyIndexModality.study_instance_uid.in_(sorted(present)))
-                ):
-                    have.setdefault(study, set()).add(modality)
-                now = datetime.now(UTC)
-                for uid in sorted(present):
-                    series, instances = added.get(uid, (0, 0))
-                    if series or instances:
-                        # Added in the database (no read-modify-write: concurrent stores
-                        # into one study from several workers all count).
-                        await session.execute(
-                            update(E)
-                            .where(E.study_instance_uid == uid)
-                            .values(
-                                num_series=E.num_series + series,
-                                num_instances=E.num_instances + instances,
-                                indexed_at=now,
-                            )
+            now = datetime.now(UTC)
+            grown = [u for u in uids if any(added.get(u, (0, 0)))]
+            for uid in grown:
+                series, instances = added[uid]
+                # Added in the database (no read-modify-write: concurrent stores into one
+                # study from several workers all count); RETURNING says whether it is indexed.
+                present.update(
+                    await session.scalars(
+                        update(table)
+                        .where(table.c.study_instance_uid == uid)
+                        .values(
+                            num_series=table.c.num_series + series,
+                            num_instances=table.c.num_instances + instances,
+                            indexed_at=now,
                         )
-                new = [
-                    {"study_instance_uid": uid, "modality": m}
-                    for uid in sorted(present)
-                    for m in sorted({m[:16] for m in modalities[uid] if m} - have.get(uid, set()))
-                ]
-                if new:
-                    await session.execute(insert(StudyIndexModality), new)
+                        .returning(table.c.study_instance_uid)
+                    )
+                )
+            rest = [u for u in uids if u not in present and u not in grown]
+            if rest:
+                present.update(
+                    await session.scalars(
+                        select(table.c.study_instance_uid).where(
+                            table.c.study_instance_uid.in_(rest)
+                        )
+                    )
+                )
+            rows = [
+                {"study_instance_uid": uid, "modality": m}
+                for uid in sorted(present)
+                for m in sorted({m[:16] for m in modalities[uid] if m})
+            ]
+            if rows:
+                dialect = self.store.engine.dialect.name
+                insert_ = postgresql_insert if dialect == "postgresql" else sqlite_insert
+                await session.execute(insert_(known).on_conflict_do_nothing(), rows)
         return set(uids) - present
 
     async def remove(self, uids: Iterable[str]) -> int:
