@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -230,11 +231,11 @@ class PolicyStore:
         found: dict[str, StudyFacts] = {}
         patients: dict[str, str | None] = {}
         labels: dict[str, set[str]] = {}
-        # One plain join per chunk (no ORM objects): this read sits on every decision that
-        # misses the cache and on every store.
-        async with self._session() as session:
+        # One plain join per chunk on a plain connection (no ORM session or objects): this
+        # read sits on every decision that misses the cache.
+        async with self.engine.connect() as conn:
             for chunk in _chunks(wanted, 500):
-                for uid, patient, label in await session.execute(
+                for uid, patient, label in await conn.execute(
                     select(Study.study_instance_uid, Study.patient_id, StudyLabel.label)
                     .outerjoin(
                         StudyLabel, StudyLabel.study_instance_uid == Study.study_instance_uid
@@ -416,8 +417,9 @@ class PolicyStore:
         wanted = {(c.level, c.uid): c for c in claims}
         for attempt in range(3):
             try:
-                async with self._session.begin() as session:
-                    existing = await existing_claims(session, wanted)
+                # A plain connection, not an ORM session: this transaction is on every store.
+                async with self.engine.begin() as conn:
+                    existing = await existing_claims(conn, wanted)
                     conflicts = [
                         c for k, c in wanted.items() if k in existing and not c.agrees(existing[k])
                     ]
@@ -425,7 +427,7 @@ class PolicyStore:
                         return conflicts, []
                     new = [c for k, c in wanted.items() if k not in existing]
                     if new:
-                        await session.execute(
+                        await conn.execute(
                             insert(UidClaim),
                             [
                                 {
@@ -447,8 +449,8 @@ class PolicyStore:
 
     async def recorded(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Claim]:
         """The recorded claims of these (level, UID) keys (one read, no transaction)."""
-        async with self._session() as session:
-            return await existing_claims(session, keys)
+        async with self.engine.connect() as conn:
+            return await existing_claims(conn, keys)
 
     async def release(self, claims: Iterable[Claim]) -> None:
         """Forget claims this gateway recorded for instances the archive did not keep."""
@@ -612,7 +614,7 @@ _CLAIMS_OF = select(
 
 
 async def existing_claims(
-    session: AsyncSession, wanted: Iterable[tuple[str, str]]
+    session: AsyncSession | AsyncConnection, wanted: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], Claim]:
     """The recorded claims of these (level, UID) keys, in chunks the databases accept."""
     existing: dict[tuple[str, str], Claim] = {}

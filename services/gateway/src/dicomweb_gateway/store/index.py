@@ -328,7 +328,7 @@ class StudyIndex:
         table = cast(Table, E.__table__)
         known = cast(Table, StudyIndexModality.__table__)
         present: set[str] = set()
-        async with self.store._session.begin() as session:
+        async with self.store.engine.begin() as conn:
             now = datetime.now(UTC)
             grown = [u for u in uids if any(added.get(u, (0, 0)))]
             for uid in grown:
@@ -336,7 +336,7 @@ class StudyIndex:
                 # Added in the database (no read-modify-write: concurrent stores into one
                 # study from several workers all count); RETURNING says whether it is indexed.
                 present.update(
-                    await session.scalars(
+                    await conn.scalars(
                         update(table)
                         .where(table.c.study_instance_uid == uid)
                         .values(
@@ -350,7 +350,7 @@ class StudyIndex:
             rest = [u for u in uids if u not in present and u not in grown]
             if rest:
                 present.update(
-                    await session.scalars(
+                    await conn.scalars(
                         select(table.c.study_instance_uid).where(
                             table.c.study_instance_uid.in_(rest)
                         )
@@ -364,7 +364,7 @@ class StudyIndex:
             if rows:
                 dialect = self.store.engine.dialect.name
                 insert_ = postgresql_insert if dialect == "postgresql" else sqlite_insert
-                await session.execute(insert_(known).on_conflict_do_nothing(), rows)
+                await conn.execute(insert_(known).on_conflict_do_nothing(), rows)
         return set(uids) - present
 
     async def remove(self, uids: Iterable[str]) -> int:
