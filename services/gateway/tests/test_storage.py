@@ -43,6 +43,7 @@ class AllButVictim(IndexDouble):
     def __init__(self) -> None:
         self.store = MemoryIdentities()
         self.stored: list[str] = []
+        self.claims: list[Any] = []
 
     async def check_action(self, ctx: RequestContext, action: Action) -> None:
         return None
@@ -58,6 +59,7 @@ class AllButVictim(IndexDouble):
         self, ctx: RequestContext, uids: Any, parts: Any = (), claims: Any = ()
     ) -> None:
         self.stored.extend(uids)
+        self.claims.extend(claims)
 
 
 class Auditor:
@@ -305,3 +307,44 @@ async def test_a_recorded_claim_refuses_even_when_the_archive_has_forgotten(
     assert not [q for q in archive.requests if q.method == "POST"]
     assert other not in archive.studies
     assert any(kind == "uid-collision" for kind, _ in auditor.records[-1].alerts)
+
+
+async def test_the_index_counts_only_what_the_archive_kept(
+    tmp_path: Path, archive: FakeArchive, auditor: Auditor
+) -> None:
+    """Of two new series in one request, the one whose instance the archive filed elsewhere
+    (refused, deleted again) is not added to the study index's counts; the kept one is."""
+    kept_series, lost_series = OWN + ".21", OWN + ".22"
+
+    def misfile(data: bytes) -> pydicom.Dataset:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        if ds.SeriesInstanceUID == lost_series:
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = VICTIM, VICTIM_SERIES
+        return ds
+
+    archive.reader = misfile
+    idp, authorizer = FakeIdp(), AllButVictim()
+    app = create_app(
+        make_settings(tmp_path),
+        archive_transport=archive.transport(),
+        idp_transport=idp.transport(),
+        authorizer=authorizer,
+        auditor=auditor,
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.9", 5555))
+        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as c:
+            c.headers["Authorization"] = "Bearer " + idp.token()
+            parts = [
+                dicom_file(study=OWN, series=s, patient_id="ZT-NORTH")
+                for s in (kept_series, lost_series)
+            ]
+            r = await stow(c, parts)
+    assert r.status_code == 202, r.text
+    assert instances(archive, VICTIM) == {VICTIM_SOP}
+    counted = {(c.level, c.uid) for c in authorizer.claims}
+    assert ("series", kept_series) in counted
+    assert ("series", lost_series) not in counted
+    assert [c.series_instance_uid for c in authorizer.claims if c.level == "instance"] == [
+        kept_series
+    ]

@@ -133,9 +133,14 @@ async def store_parts(
     refused = [p for p in parts if p.failure is not None and p not in stored]
     studies = sorted({p.study_instance_uid for p in stored if p.study_instance_uid})
     if studies:
-        # The claims this store added (and kept) are the series and instances new to the
-        # archive: the study index adds them to its counts.
-        added = [c for c in claimed if c.level != "instance" or c.uid in kept]
+        # The claims this store added for what the archive kept are the series and instances
+        # new to it: the study index adds them to its counts.
+        kept_series = {_uids(p)[1] for p in stored}
+        added = [
+            c
+            for c in claimed
+            if c.uid in (kept if c.level == "instance" else kept_series) or c.level == "study"
+        ]
         await authorizer.on_stored(ctx, studies, stored, added)
     _explain(ctx, refused)
     return merge_response(answer, refused), None
