@@ -126,6 +126,44 @@ async def test_uid_claims_are_atomic_across_replicas(pg_url: str) -> None:
             await s.close()
 
 
+async def test_index_counts_add_up_across_replicas(pg_url: str) -> None:
+    """Stores into one indexed study through several replicas at once: every store's new
+    series and instances are added (no lost update), each modality is recorded once, and a
+    study not indexed yet is handed back for indexing."""
+    from dicomweb_gateway.store import IndexEntry, StudyIndex
+    from dicomweb_gateway.store.models import StudyIndexEntry, StudyIndexModality
+    from sqlalchemy import select
+
+    PolicyStore(pg_url).migrate()
+    stores = [PolicyStore(pg_url) for _ in range(3)]
+    indexes = [StudyIndex(s) for s in stores]
+    study = "1.2.826.0.1.3680043.10.88.1"
+    try:
+        await indexes[0].upsert([IndexEntry(study, {"PatientID": "P"}, frozenset({"CT"}), 1, 1)])
+        results = await asyncio.gather(
+            *(
+                ix.add_stored({study: {"CT", "SR"}, "9.9.9": {"MR"}}, {study: (1, 2)})
+                for ix in indexes
+                for _ in range(4)
+            )
+        )
+        assert all(r == {"9.9.9"} for r in results)
+        async with stores[0]._session() as session:
+            row = await session.get(StudyIndexEntry, study)
+            assert row is not None and (row.num_series, row.num_instances) == (13, 25)
+            modalities = list(
+                await session.scalars(
+                    select(StudyIndexModality.modality).where(
+                        StudyIndexModality.study_instance_uid == study
+                    )
+                )
+            )
+            assert sorted(modalities) == ["CT", "SR"]
+    finally:
+        for s in stores:
+            await s.close()
+
+
 async def test_lease_has_one_holder_across_replicas(pg_url: str) -> None:
     PolicyStore(pg_url).migrate()
     stores = [PolicyStore(pg_url) for _ in range(4)]

@@ -362,8 +362,7 @@ class StudyIndex:
                 for m in sorted({m[:16] for m in modalities[uid] if m})
             ]
             if rows:
-                dialect = self.store.engine.dialect.name
-                insert_ = postgresql_insert if dialect == "postgresql" else sqlite_insert
+                insert_ = postgresql_insert if self.dialect == "postgresql" else sqlite_insert
                 await conn.execute(insert_(known).on_conflict_do_nothing(), rows)
         return set(uids) - present
 
