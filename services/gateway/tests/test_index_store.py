@@ -358,6 +358,7 @@ async def test_a_store_adds_its_new_claims_to_the_counts(authorizer: Authorizer)
     assert again == after
 
 
+@pytest.mark.control("AP-8")
 async def test_compiled_predicates_are_kept_a_second_per_policy_object(
     authorizer: Authorizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -386,3 +387,39 @@ async def test_compiled_predicates_are_kept_a_second_per_policy_object(
     authorizer.clock = lambda: NOW + 1
     authorizer.compiled(who, Action.SEARCH, ())
     assert len(calls) == 3
+
+
+@pytest.mark.control("AP-8")
+async def test_a_label_change_ends_cached_access_while_stores_keep_the_cache_warm(
+    authorizer: Authorizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The facts cache survives the writes every store makes (UID claims, index counts), so
+    decisions under STOW load do not re-read the store; a label change by another worker
+    still ends access at the next decision."""
+    from dicomweb_gateway.errors import GatewayError
+    from dicomweb_gateway.store import Claim, PolicyStore
+
+    study, who = uid(0), ctx(NORTH_CLINICIAN)
+    await authorizer.check_study(who, Action.READ, study)  # north study: allowed, now cached
+    reads: list[object] = []
+    real = authorizer.store.studies
+
+    async def counting(uids: Any) -> Any:
+        reads.append(uids)
+        return await real(uids)
+
+    monkeypatch.setattr(authorizer.store, "studies", counting)
+    for n in range(3):  # what a store writes
+        claims = [Claim("instance", f"{study}.1.{n}", study, f"{study}.1")]
+        assert (await authorizer.store.claim(claims))[0] == []
+        await authorizer.index.add_stored({study: {"CT"}}, {study: (0, 1)})
+        await authorizer.check_study(who, Action.READ, study)
+    assert reads == []  # every decision came from the cache
+    other = PolicyStore(f"sqlite:///{tmp_path}/gateway.db")  # another worker
+    try:
+        await other.change_labels(study, ["site:south"], ["site:north"], "admin", "test")
+    finally:
+        await other.close()
+    with pytest.raises(GatewayError):
+        await authorizer.check_study(who, Action.READ, study)
+    assert reads  # the store was read again

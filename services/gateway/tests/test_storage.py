@@ -92,15 +92,20 @@ def auditor() -> Auditor:
 
 
 @pytest.fixture
+def authorizer() -> AllButVictim:
+    return AllButVictim()
+
+
+@pytest.fixture
 async def client(
-    tmp_path: Path, archive: FakeArchive, auditor: Auditor
+    tmp_path: Path, archive: FakeArchive, auditor: Auditor, authorizer: AllButVictim
 ) -> AsyncIterator[httpx.AsyncClient]:
     idp = FakeIdp()
     app = create_app(
         make_settings(tmp_path),
         archive_transport=archive.transport(),
         idp_transport=idp.transport(),
-        authorizer=AllButVictim(),
+        authorizer=authorizer,
         auditor=auditor,
     )
     async with app.router.lifespan_context(app):
@@ -310,7 +315,7 @@ async def test_a_recorded_claim_refuses_even_when_the_archive_has_forgotten(
 
 
 async def test_the_index_counts_only_what_the_archive_kept(
-    tmp_path: Path, archive: FakeArchive, auditor: Auditor
+    client: httpx.AsyncClient, archive: FakeArchive, authorizer: AllButVictim
 ) -> None:
     """Of two new series in one request, the one whose instance the archive filed elsewhere
     (refused, deleted again) is not added to the study index's counts; the kept one is."""
@@ -323,25 +328,14 @@ async def test_the_index_counts_only_what_the_archive_kept(
         return ds
 
     archive.reader = misfile
-    idp, authorizer = FakeIdp(), AllButVictim()
-    app = create_app(
-        make_settings(tmp_path),
-        archive_transport=archive.transport(),
-        idp_transport=idp.transport(),
-        authorizer=authorizer,
-        auditor=auditor,
-    )
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.9", 5555))
-        async with httpx.AsyncClient(transport=transport, base_url=PUBLIC_URL) as c:
-            c.headers["Authorization"] = "Bearer " + idp.token()
-            parts = [
-                dicom_file(study=OWN, series=s, patient_id="ZT-NORTH")
-                for s in (kept_series, lost_series)
-            ]
-            r = await stow(c, parts)
+    parts = [
+        dicom_file(study=OWN, series=s, patient_id="ZT-NORTH") for s in (kept_series, lost_series)
+    ]
+    r = await stow(client, parts)
     assert r.status_code == 202, r.text
+    # The archive: the misfiled instance is gone again, the kept one is where it was sent.
     assert instances(archive, VICTIM) == {VICTIM_SOP}
+    assert set(archive.studies[OWN]) == {OWN_SERIES, kept_series}
     counted = {(c.level, c.uid) for c in authorizer.claims}
     assert ("series", kept_series) in counted
     assert ("series", lost_series) not in counted

@@ -155,6 +155,7 @@ async def test_feed_cursor_only_moves_forward(store: PolicyStore) -> None:
     assert await store.ping()
 
 
+@pytest.mark.control("AP-8")
 async def test_change_marker_moves_with_the_facts_only(store: PolicyStore, tmp_path: Path) -> None:
     """The SQLite change marker (migration 0008) moves with every write to the facts and
     grants, from this store, another store on the file, or plain SQL; UID claims, the feed

@@ -139,7 +139,8 @@ async def store_parts(
         added = [
             c
             for c in claimed
-            if c.uid in (kept if c.level == "instance" else kept_series) or c.level == "study"
+            if (c.level == "instance" and c.uid in kept)
+            or (c.level == "series" and c.uid in kept_series)
         ]
         await authorizer.on_stored(ctx, studies, stored, added)
     _explain(ctx, refused)

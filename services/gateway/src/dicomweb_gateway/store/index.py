@@ -347,7 +347,7 @@ class StudyIndex:
                         .returning(table.c.study_instance_uid)
                     )
                 )
-            rest = [u for u in uids if u not in present and u not in grown]
+            rest = [u for u in uids if u not in grown]
             if rest:
                 present.update(
                     await conn.scalars(
@@ -356,9 +356,12 @@ class StudyIndex:
                         )
                     )
                 )
+            # A modality can only be new with new instances: a store that added nothing to a
+            # study (the same instances again) writes nothing.
             rows = [
                 {"study_instance_uid": uid, "modality": m}
-                for uid in sorted(present)
+                for uid in grown
+                if uid in present
                 for m in sorted({m[:16] for m in modalities[uid] if m})
             ]
             if rows:
